@@ -1,0 +1,287 @@
+"""The declarative format's entities as pydantic models (Kong 3.x ``kong/db/schema/entities``).
+
+One model per entity with Kong's field names, types, ranges and defaults; ``extra="forbid"``
+(an unknown key is an error, never ignored) and ``strict=True`` (``port: "80"`` is an error,
+as in Kong). Every string must be non-empty, as in Kong. Field-level rules come from
+``guichet.config.rules``; rules that relate several fields are in
+``guichet.config.checks``. The models do not hold references (``service:``, ``route:`` ...)
+nor nested collections (``routes:`` inside a service): the loader takes those out first,
+as described by ``KINDS``.
+
+Kong features guichet does not implement are refused by name, never ignored:
+``UNSUPPORTED_FIELDS`` (accepted only with Kong's default value or null),
+``UNSUPPORTED_COLLECTIONS`` (accepted only empty or null), protocols other than
+http/https/ws/wss, the ``latency`` algorithm and gRPC health checks. Plugins are validated
+by a ``PluginSchema`` supplied by the caller; an unknown plugin is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal, Protocol
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from guichet.config import rules
+
+
+class PluginSchema(Protocol):
+    """What the loader needs from a plugin: validate its ``config`` and fill defaults.
+
+    ``validate`` returns the defaulted config and a list of (sub-path inside ``config``
+    such as ``"limits[0].minute"``, message); an empty list means valid.
+    """
+
+    def validate(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        ...
+
+
+GUICHET_PROTOCOLS = ("http", "https", "ws", "wss")
+KONG_ONLY_PROTOCOLS = ("grpc", "grpcs", "tcp", "tls", "tls_passthrough", "udp")
+HTTP_PLUGIN_PROTOCOLS = ("grpc", "grpcs", "http", "https")
+
+
+def _between(low: int, high: int) -> AfterValidator:
+    def check(value: float) -> float:
+        if not low <= value <= high:
+            raise ValueError(f"value should be between {low} and {high}")
+        return value
+    return AfterValidator(check)
+
+
+def _one_of(allowed: tuple[str, ...], unsupported: tuple[str, ...] = (),
+            what: str = "value") -> AfterValidator:
+    def check(value: str) -> str:
+        if value in allowed:
+            return value
+        if value in unsupported:
+            raise ValueError(f"{what} '{value}' is not supported by guichet yet")
+        raise ValueError("expected one of: " + ", ".join(allowed))
+    return AfterValidator(check)
+
+
+def _rule(check: Callable[[str], str]) -> AfterValidator:
+    return AfterValidator(check)
+
+
+def _no_vault(value: str) -> str:
+    if value.startswith("{vault://"):
+        raise ValueError("vault references are not supported by guichet yet")
+    return value
+
+
+Str = Annotated[str, StringConstraints(min_length=1)]
+Uuid = Annotated[str, _rule(rules.check_uuid)]
+Name = Annotated[Str, _rule(rules.check_utf8_name)]
+Tag = Annotated[Str, _rule(rules.check_tag)]
+Tags = list[Tag]
+Port = Annotated[int, _between(0, 65535)]
+Timeout = Annotated[int, _between(1, 2**31 - 2)]
+HeaderName = Annotated[Str, _rule(rules.check_header_name)]
+UrlPath = Annotated[Str, _rule(rules.check_path)]
+Sni = Annotated[Str, _rule(rules.check_sni)]
+GuichetProtocol = Annotated[Str, _one_of(GUICHET_PROTOCOLS, KONG_ONLY_PROTOCOLS, "protocol")]
+PluginProtocol = Annotated[Str, _one_of(GUICHET_PROTOCOLS + KONG_ONLY_PROTOCOLS)]
+Pem = Annotated[Str, _rule(_no_vault)]
+Seconds = Annotated[float, _between(0, 65535)]
+OneByte = Annotated[int, _between(0, 255)]
+HttpStatus = Annotated[int, _between(100, 999)]
+HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg",
+                 "uri_capture"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Entity(Record):
+    id: Uuid | None = None
+    tags: Tags = []
+
+
+class Service(Entity):
+    name: Name | None = None
+    retries: Annotated[int, _between(0, 32767)] = 5
+    protocol: GuichetProtocol = "http"
+    host: Annotated[Str, _rule(rules.check_host)]
+    port: Port = 80
+    path: UrlPath | None = None
+    connect_timeout: Timeout = 60000
+    write_timeout: Timeout = 60000
+    read_timeout: Timeout = 60000
+    tls_verify: bool | None = None
+    enabled: bool = True
+
+
+class Route(Entity):
+    name: Name | None = None
+    protocols: Annotated[list[GuichetProtocol], Field(min_length=1)] = ["http", "https"]
+    methods: list[Annotated[Str, _rule(rules.check_method)]] = []
+    hosts: list[Annotated[Str, _rule(rules.check_route_host)]] = []
+    paths: list[Annotated[Str, _rule(rules.check_router_path)]] = []
+    headers: dict[HeaderName, list[Str]] = {}
+    snis: list[Sni] = []
+    https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
+    strip_path: bool = True
+    preserve_host: bool = False
+    request_buffering: bool = True
+    response_buffering: bool = True
+    regex_priority: int = 0
+    path_handling: Literal["v0", "v1"] = "v0"
+
+
+CheckType = Annotated[Str, _one_of(("http", "https", "tcp"), ("grpc", "grpcs"),
+                                   "health check type")]
+
+
+class ActiveHealthy(Record):
+    interval: Seconds = 0
+    http_statuses: list[HttpStatus] = [200, 302]
+    successes: OneByte = 0
+
+
+class ActiveUnhealthy(Record):
+    interval: Seconds = 0
+    http_statuses: list[HttpStatus] = [429, 404, 500, 501, 502, 503, 504, 505]
+    tcp_failures: OneByte = 0
+    timeouts: OneByte = 0
+    http_failures: OneByte = 0
+
+
+class PassiveHealthy(Record):
+    http_statuses: list[HttpStatus] = [200, 201, 202, 203, 204, 205, 206, 207, 208, 226,
+                                       300, 301, 302, 303, 304, 305, 306, 307, 308]
+    successes: OneByte = 0
+
+
+class PassiveUnhealthy(Record):
+    http_statuses: list[HttpStatus] = [429, 500, 503]
+    tcp_failures: OneByte = 0
+    timeouts: OneByte = 0
+    http_failures: OneByte = 0
+
+
+class ActiveChecks(Record):
+    type: CheckType = "http"
+    timeout: Seconds = 1
+    concurrency: Annotated[int, _between(1, 2**31)] = 10
+    http_path: UrlPath = "/"
+    https_sni: Annotated[Str, _rule(lambda v: rules.check_sni(v, wildcard=False))] | None = None
+    https_verify_certificate: bool = True
+    headers: dict[HeaderName, list[Str]] | None = None
+    healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
+    unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
+
+
+class PassiveChecks(Record):
+    type: CheckType = "http"
+    healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
+    unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
+
+
+class Healthchecks(Record):
+    active: ActiveChecks = Field(default_factory=ActiveChecks)
+    passive: PassiveChecks = Field(default_factory=PassiveChecks)
+    threshold: Annotated[float, _between(0, 100)] = 0
+
+
+class Upstream(Entity):
+    name: Annotated[Str, _rule(rules.check_upstream_name)]
+    algorithm: Annotated[Str, _one_of(("round-robin", "least-connections",
+                                       "consistent-hashing"), ("latency",),
+                                      "algorithm")] = "round-robin"
+    hash_on: HashOn = "none"
+    hash_fallback: HashOn = "none"
+    hash_on_header: HeaderName | None = None
+    hash_fallback_header: HeaderName | None = None
+    hash_on_cookie: Annotated[Str, _rule(rules.check_cookie_name)] | None = None
+    hash_on_cookie_path: UrlPath = "/"
+    hash_on_query_arg: Str | None = None
+    hash_fallback_query_arg: Str | None = None
+    hash_on_uri_capture: Str | None = None
+    hash_fallback_uri_capture: Str | None = None
+    slots: Annotated[int, _between(10, 2**16)] = 10000
+    healthchecks: Healthchecks = Field(default_factory=Healthchecks)
+    host_header: Annotated[Str, _rule(rules.check_host_with_optional_port)] | None = None
+    use_srv_name: bool = False
+
+
+class Target(Entity):
+    target: Annotated[Str, _rule(rules.check_target)]
+    weight: Annotated[int, _between(0, 65535)] = 100
+
+
+class Certificate(Entity):
+    cert: Pem
+    key: Pem
+    cert_alt: Pem | None = None
+    key_alt: Pem | None = None
+
+
+class SniEntity(Entity):
+    name: Sni
+
+
+class Consumer(Entity):
+    username: Str | None = None
+    custom_id: Str | None = None
+
+
+class Plugin(Entity):
+    name: Str
+    instance_name: Name | None = None
+    config: dict[str, Any] | None = None
+    protocols: Annotated[list[PluginProtocol], Field(min_length=1)] = list(HTTP_PLUGIN_PROTOCOLS)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """How one entity type appears in the file: model, references and nestable children."""
+
+    name: str
+    model: type[Entity]
+    references: dict[str, str]  # field -> referenced kind
+    children: tuple[str, ...] = ()
+    endpoint_key: str | None = None  # the unique field a reference may name
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("services", Service, {}, ("routes", "plugins"), "name"),
+    Kind("routes", Route, {"service": "services"}, ("plugins",), "name"),
+    Kind("consumers", Consumer, {}, ("plugins",), "username"),
+    Kind("plugins", Plugin, {"service": "services", "route": "routes",
+                             "consumer": "consumers"}, (), "instance_name"),
+    Kind("upstreams", Upstream, {}, ("targets",), "name"),
+    Kind("targets", Target, {"upstream": "upstreams"}),
+    Kind("certificates", Certificate, {}, ("snis",)),
+    Kind("snis", SniEntity, {"certificate": "certificates"}, (), "name"),
+)}
+
+# Keys Kong accepts on an entity that guichet does not implement; the value listed (and
+# null) means "not used" and is accepted.
+UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "services": {"client_certificate": (), "ca_certificates": ([],),
+                 "tls_verify_depth": ()},
+    "routes": {"sources": ([],), "destinations": ([],), "expression": (),
+               "priority": (0,)},
+    "upstreams": {"client_certificate": ()},
+    "plugins": {"ordering": ({},), "consumer_group": ()},
+}
+
+# Collections of Kong entities guichet does not implement (top level or nested).
+CREDENTIALS = ("keyauth_credentials", "basicauth_credentials", "jwt_secrets",
+               "hmacauth_credentials", "acls", "oauth2_credentials",
+               "oauth2_authorization_codes", "oauth2_tokens")
+UNSUPPORTED_COLLECTIONS: dict[str, str] = {
+    **{name: "credentials of authentication plugins" for name in CREDENTIALS},
+    "ca_certificates": "CA certificates for upstream TLS verification",
+    "vaults": "vaults", "keys": "keys", "key_sets": "key sets",
+    "workspaces": "workspaces", "parameters": "parameters",
+    "filter_chains": "WebAssembly filter chains", "consumer_groups": "consumer groups",
+}
+# Services or upstreams nested in a certificate: Kong sets their client_certificate.
+CLIENT_CERTIFICATE_NESTING = ("services", "upstreams")
+
+# Root keys of decK files that Kong's own loader refuses as well.
+DECK_KEYS = ("_info", "_konnect", "_plugin_configs", "_workspace")

@@ -1,0 +1,269 @@
+"""The master process: workers, reloads, the admin listener, draining.
+
+* Spawns ``workers`` processes (``multiprocessing`` spawn context: a clean interpreter
+  each), restarts one that dies unexpectedly (at most once a second).
+* Reload on SIGHUP and when the config file changes (polled every
+  ``config_watch_interval`` seconds: mtime, size, then content hash). The new text is
+  validated here first; if it fails, the old configuration keeps serving and ``/status``
+  shows the error under ``last_reload``. If it is unchanged (same hash), nothing happens.
+  Otherwise every worker compiles and swaps it.
+* SIGTERM / SIGINT: workers drain (stop accepting, finish in flight within
+  ``drain_timeout``), then the master exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import guichet
+from guichet.admin import AdminProtocol, is_loopback
+from guichet.config.loader import load_config_text
+from guichet.errors import ConfigError
+from guichet.settings import Settings, parse_hostport
+from guichet.worker import _parse_listener, worker_main
+
+log = logging.getLogger("guichet.master")
+
+
+class WorkerHandle:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: Any = None
+        self.conn: Any = None
+        self.ready = False
+        self.started_at = 0.0
+
+
+class Master:
+    def __init__(self, settings: Settings, config_path: str, log_level: int = logging.INFO) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.log_level = log_level
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stats = self.ctx.Array("q", settings.workers, lock=False)
+        self.workers = [WorkerHandle(i) for i in range(settings.workers)]
+        self.text = ""
+        self.config_hash = ""
+        self.reloads = 0
+        self.last_reload: dict[str, Any] = {"ok": True, "error": None, "at": None}
+        self.stopping = False
+        self._file_sig: tuple[float, int, str] | None = None
+        self._failures: list[str] = []
+
+    # -- start ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Validate everything that can fail before any process starts (raises)."""
+        self.text = _read(self.config_path)
+        config = load_config_text(self.text, self.config_path)
+        self.config_hash = config.hash
+        self._file_sig = self._signature()
+        host, _ = parse_hostport(self.settings.admin_listen)
+        if not is_loopback(host) and not self.settings.resolved_admin_token():
+            raise SystemExit(
+                f"guichet: admin_listen {self.settings.admin_listen} is not loopback: set "
+                "GUICHET_ADMIN_TOKEN (or GUICHET_ADMIN_TOKEN_FILE) first")
+        for item in self.settings.listen:
+            h, p, _ = _parse_listener(item)
+            _check_free(h, p)
+
+    def spawn(self, handle: WorkerHandle) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(self.settings, self.text, self.config_path, child, self.stats, handle.index,
+                  self.log_level),
+            name=f"guichet-worker-{handle.index}",
+            daemon=False,
+        )
+        proc.start()
+        child.close()
+        handle.process, handle.conn, handle.ready = proc, parent, False
+        handle.started_at = time.monotonic()
+        self.stats[handle.index] = 0
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, handle)
+
+    def _on_worker_message(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while handle.conn.poll():
+                msg = handle.conn.recv()
+                op = msg.get("op")
+                if op == "ready":
+                    handle.ready = True
+                    log.info("worker %d (pid %s) is listening", handle.index, msg.get("pid"))
+                elif op == "failed":
+                    self._failures.append(msg.get("error", "worker failed"))
+                    log.error("worker %d failed: %s", handle.index, msg.get("error"))
+                elif op == "reloaded" and msg.get("error"):
+                    log.error("worker %d could not apply the configuration: %s", handle.index, msg["error"])
+        except (EOFError, OSError):
+            try:
+                loop.remove_reader(handle.conn.fileno())
+            except (OSError, ValueError):
+                pass
+
+    # -- reload --------------------------------------------------------------------
+    def _signature(self) -> tuple[float, int, str] | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, "")
+
+    def reload(self, reason: str) -> None:
+        try:
+            text = _read(self.config_path)
+            config = load_config_text(text, self.config_path)
+        except ConfigError as exc:
+            self.last_reload = {"ok": False, "error": str(exc), "at": _now(), "reason": reason}
+            log.error("reload (%s) refused, the previous configuration keeps serving:\n%s", reason, exc)
+            return
+        except OSError as exc:
+            self.last_reload = {"ok": False, "error": f"{self.config_path}: {exc}", "at": _now(), "reason": reason}
+            log.error("reload (%s) refused: %s", reason, exc)
+            return
+        self.last_reload = {"ok": True, "error": None, "at": _now(), "reason": reason}
+        if config.hash == self.config_hash:
+            return
+        self.text = text
+        self.config_hash = config.hash
+        self.reloads += 1
+        for handle in self.workers:
+            if handle.conn is not None and handle.process is not None and handle.process.is_alive():
+                try:
+                    handle.conn.send({"op": "reload", "text": text, "source": self.config_path})
+                except OSError:
+                    pass
+        log.info("configuration %s applied (%s)", config.hash[:12], reason)
+
+    async def watch(self) -> None:
+        interval = self.settings.config_watch_interval
+        if interval <= 0:
+            return
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            sig = self._signature()
+            if sig is not None and sig != self._file_sig:
+                self._file_sig = sig
+                try:
+                    digest = hashlib.sha256(_read(self.config_path).encode()).hexdigest()
+                except OSError:
+                    continue
+                if digest != getattr(self, "_text_digest", None):
+                    self._text_digest = digest
+                    self.reload("file changed")
+
+    # -- status --------------------------------------------------------------------
+    def status(self, method: bytes, body: bytes) -> tuple[int, Any]:
+        alive = [h for h in self.workers if h.process is not None and h.process.is_alive()]
+        ready = bool(alive) and all(h.ready for h in self.workers) and not self.stopping
+        payload = {
+            "status": "ok" if ready else ("stopping" if self.stopping else "starting"),
+            "version": guichet.__version__,
+            "config_hash": self.config_hash,
+            "config_source": self.config_path,
+            "reloads": self.reloads,
+            "last_reload": self.last_reload,
+            "workers": len(alive),
+            "worker_pids": [h.process.pid for h in alive],
+            "connections": int(sum(self.stats[:])),
+        }
+        return (200 if ready else 503), payload
+
+    # -- main loop -----------------------------------------------------------------
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._text_digest = hashlib.sha256(self.text.encode()).hexdigest()
+        for handle in self.workers:
+            self.spawn(handle)
+        host, port = parse_hostport(self.settings.admin_listen)
+        admin = await loop.create_server(
+            lambda: AdminProtocol({b"/status": self.status}, self.settings.resolved_admin_token()),
+            host, port, reuse_address=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        watcher = loop.create_task(self.watch())
+        supervisor = loop.create_task(self.supervise(stop))
+        await stop.wait()
+        self.stopping = True
+        watcher.cancel()
+        supervisor.cancel()
+        code = await self.shutdown()
+        admin.close()
+        return code
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if self._failures and not any(h.ready for h in self.workers):
+                log.error("no worker could start: %s", self._failures[0])
+                self._exit_code = 1
+                stop.set()
+                return
+            for handle in self.workers:
+                proc = handle.process
+                if proc is not None and not proc.is_alive() and not self.stopping:
+                    log.error("worker %d exited with %s; restarting", handle.index, proc.exitcode)
+                    try:
+                        asyncio.get_running_loop().remove_reader(handle.conn.fileno())
+                    except (OSError, ValueError):
+                        pass
+                    if time.monotonic() - handle.started_at < 1.0:
+                        await asyncio.sleep(1.0)
+                    self.spawn(handle)
+
+    async def shutdown(self) -> int:
+        for handle in self.workers:
+            proc = handle.process
+            if proc is not None and proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.settings.drain_timeout + 5
+        while time.monotonic() < deadline and any(
+                h.process is not None and h.process.is_alive() for h in self.workers):
+            await asyncio.sleep(0.05)
+        for handle in self.workers:
+            if handle.process is not None and handle.process.is_alive():
+                handle.process.kill()
+            if handle.process is not None:
+                handle.process.join(1)
+        return getattr(self, "_exit_code", 0)
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as fh:
+        return fh.read().decode("utf-8")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _check_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"guichet: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def run_master(settings: Settings, config_path: str, log_level: int = logging.INFO) -> int:
+    import uvloop
+
+    master = Master(settings, config_path, log_level)
+    master.prepare()
+    return uvloop.run(master.main())

@@ -1,0 +1,1 @@
+"""The data plane: client connections, the proxy exchange, upstream pools, tunnels."""

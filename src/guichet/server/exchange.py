@@ -1,0 +1,489 @@
+"""One request/response cycle through the proxy, driven by callbacks (no task per request).
+
+State machine (one :class:`Exchange` per request; the client connection runs them one at a
+time, in order, queuing pipelined requests behind the active one)::
+
+    HEAD ──head_complete──► QUEUED ──start──► (answered locally) ─────────────► DONE
+                                        └──► CONNECTING ──attach──► SENT ──resp head──► RESPONDING ──► DONE
+                                                  ▲                    │
+                                                  └──── retry ◄────────┘ (lost before any response byte)
+
+Rules:
+
+* The request keeps the configuration snapshot it started with, whatever reloads happen.
+* Bytes reach the upstream only after the whole head was validated and routed (§3).
+* Framing is rewritten both ways (§4): Content-Length is passed on as a number, chunked
+  bodies are re-chunked chunk by chunk (chunk extensions and trailers are dropped), a
+  close-delimited response becomes chunked for HTTP/1.1 clients.
+* Retries (§11): a connection that could not be made is retried on another target for any
+  method (nothing was sent); a request lost after being sent is retried only for an
+  idempotent method whose body (if any) is still held whole (≤ 64 KiB), and only before any
+  response byte went to the client; at most ``service.retries`` times.
+* Timeouts are deadlines checked by the worker's sweeper (``check_timeout``), not timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from guichet.errors import NoHealthyUpstream
+from guichet.server import headers as H
+from guichet.server.responses import REQUEST_IDS, error_response, render, status_line
+from guichet.server.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from guichet.server.protocol import ClientProtocol
+    from guichet.snapshot import CompiledService, Snapshot
+
+log = logging.getLogger("guichet.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+REPLAY_LIMIT = 64 * 1024
+BUFFER_HIGH = 256 * 1024
+
+# response body modes toward the client
+NO_BODY, RAW, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+HEAD, QUEUED, CONNECTING, SENT, RESPONDING, DONE = range(6)
+
+
+class Exchange:
+    __slots__ = (
+        "client", "state", "url", "headers", "method", "http10", "keep_alive", "host",
+        "content_length", "chunked", "has_body", "conn_names", "expect_continue", "ws_key",
+        "body_pending", "body_pending_size", "replay", "replay_size", "body_complete",
+        "body_received", "snapshot", "match", "service", "path", "query", "tried",
+        "upstream", "peer", "sent", "resp_status", "resp_headers", "resp_head_size",
+        "resp_mode", "resp_started", "out", "deadline", "request_id", "upstream_host",
+        "started_at", "_lazy_headers", "interim", "set_cookie",
+    )
+
+    def __init__(self, client: "ClientProtocol") -> None:
+        self.client = client
+        self.state = HEAD
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, name, value)
+        self.method = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.has_body = False
+        self.conn_names: list[bytes] = []
+        self.expect_continue = False
+        self.ws_key: bytes | None = None
+        self.body_pending: list[bytes] = []
+        self.body_pending_size = 0
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.body_complete = False
+        self.body_received = 0
+        self.snapshot: Snapshot | None = None
+        self.match: Any = None
+        self.service: CompiledService | None = None
+        self.path = ""
+        self.query = ""
+        self.tried: list[Any] = []
+        self.upstream: UpstreamConnection | None = None
+        self.peer: Any = None
+        self.sent = False
+        self.resp_status = 0
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_head_size = 0
+        self.resp_mode = NO_BODY
+        self.resp_started = False
+        self.out: list[bytes] = []
+        self.deadline = 0.0
+        self.request_id: str | None = None
+        self.upstream_host = b""
+        self.started_at = 0.0
+        self._lazy_headers: dict[str, str] | None = None
+        self.interim = False
+        self.set_cookie: tuple[str, str, str] | None = None
+
+    # ------------------------------------------------------------------ request body
+    def body_chunk(self, data: bytes) -> None:
+        self.body_received += len(data)
+        limit = self.client.rt.settings.client_max_body_size
+        if limit and self.body_received > limit:
+            self.client.fail(413, "Request size limit exceeded", self)
+            return
+        if self.replay is not None:
+            if self.replay_size + len(data) <= REPLAY_LIMIT:
+                self.replay.append(data)
+                self.replay_size += len(data)
+            else:
+                self.replay = None
+        up = self.upstream
+        if up is not None and self.state >= SENT and up.transport is not None:
+            up.transport.write(self._frame(data))
+        else:
+            self.body_pending.append(data)
+            self.body_pending_size += len(data)
+            if self.body_pending_size > BUFFER_HIGH:
+                self.client.pause_reading_for_upstream()
+
+    def body_done(self) -> None:
+        self.body_complete = True
+        up = self.upstream
+        if self.chunked and up is not None and self.state >= SENT and up.transport is not None:
+            up.transport.write(b"0\r\n\r\n")
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+    # ------------------------------------------------------------------ hash input (balancer)
+    @property
+    def consumer_id(self) -> str | None:
+        return None
+
+    @property
+    def client_ip(self) -> str:
+        """The peer, or what a trusted peer says in ``real_ip_header`` (Kong's realip)."""
+        client = self.client
+        if client.trusted:
+            value = self.lazy_headers().get(client.rt.settings.real_ip_header)
+            if value:
+                return value.split(",")[-1].strip()
+        return client.peer_ip
+
+    def header(self, name: str) -> str | None:
+        return self.lazy_headers().get(name.lower())
+
+    def cookie(self, name: str) -> str | None:
+        raw = self.header("cookie")
+        if not raw:
+            return None
+        for part in raw.split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == name:
+                return v
+        return None
+
+    def query_arg(self, name: str) -> str | None:
+        from urllib.parse import parse_qs
+
+        values = parse_qs(self.query, keep_blank_values=True).get(name)
+        return values[0] if values else None
+
+    def uri_capture(self, name: str) -> str | None:
+        caps = getattr(self.match, "uri_captures", None) or {}
+        value = caps.get(name)
+        return None if value is None else str(value)
+
+    def lazy_headers(self) -> dict[str, str]:
+        d = self._lazy_headers
+        if d is None:
+            d = {}
+            for lname, _, value in self.headers:
+                key = lname.decode("latin-1")
+                v = value.decode("latin-1")
+                d[key] = d[key] + ", " + v if key in d else v
+            self._lazy_headers = d
+        return d
+
+    # ------------------------------------------------------------------ upstream selection
+    def start_upstream(self) -> None:
+        """Pick a target and send, from the pool when a connection is idle there."""
+        svc = self.service
+        assert svc is not None
+        sel = svc.balancer.select(self, self.tried)
+        if sel is None:
+            exc = NoHealthyUpstream()
+            self.client.respond_error(self, exc.status, exc.message,
+                                      extra=((b"Retry-After", b"%d" % exc.retry_after),))
+            return
+        peer = sel.peer
+        self.peer = peer
+        if sel.set_cookie is not None:
+            self.set_cookie = sel.set_cookie
+        self.tried.append(peer)
+        if self.ws_key is None:
+            conn = self.client.rt.pool.acquire(svc.pool_key(peer))
+            if conn is not None:
+                self.attach(conn)
+                return
+        self.state = CONNECTING
+        self.client.rt.loop.create_task(self._connect(peer))
+
+    async def _connect(self, peer: Any) -> None:
+        svc = self.service
+        assert svc is not None
+        rt = self.client.rt
+        try:
+            conn = await rt.pool.connect(svc.pool_key(peer), svc.connect_timeout, rt.loop, svc.verify)
+        except asyncio.TimeoutError:
+            svc.balancer.mark_refused(peer)
+            self._connect_failed(504, "The upstream server is timing out")
+            return
+        except (OSError, ValueError) as exc:
+            log.info("connect to %s:%s failed: %s", peer.ip, peer.port, exc)
+            svc.balancer.mark_refused(peer)
+            self._connect_failed(502, "An invalid response was received from the upstream server")
+            return
+        if self.state != CONNECTING or self.client.closed:
+            conn.close() if self.ws_key else rt.pool.release(conn, rt.loop.time())
+            return
+        self.attach(conn)
+
+    def _connect_failed(self, status: int, message: str) -> None:
+        if self.state != CONNECTING:
+            return
+        if len(self.tried) <= self.service.retries:  # type: ignore[union-attr]
+            self.start_upstream()
+        else:
+            self.client.respond_error(self, status, message)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.exchange = self
+        self.state = SENT
+        self.sent = True
+        self.deadline = self.client.rt.loop.time() + self.service.read_timeout  # type: ignore[union-attr]
+        transport = conn.transport
+        assert transport is not None
+        head = self.client.build_upstream_head(self, conn)
+        if self.body_pending:
+            parts = [head]
+            for chunk in self.body_pending:
+                parts.append(self._frame(chunk))
+            if self.body_complete and self.chunked:
+                parts.append(b"0\r\n\r\n")
+            transport.write(b"".join(parts))
+            self.body_pending = []
+            self.body_pending_size = 0
+            self.client.resume_reading_for_upstream()
+        else:
+            if self.body_complete and self.chunked:
+                head += b"0\r\n\r\n"
+            transport.write(head)
+
+    def upstream_activity(self) -> None:
+        self.deadline = self.client.rt.loop.time() + self.service.read_timeout  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ response
+    def resp_header(self, name: bytes, value: bytes) -> None:
+        self.resp_head_size += len(name) + len(value) + 4
+        if self.resp_head_size > self.client.rt.settings.upstream_max_header_size:
+            raise _UpstreamHeadTooLarge()
+        self.resp_headers.append((name, value))
+
+    def resp_headers_complete(self, status: int) -> None:
+        if 100 <= status < 200 and status != 101:
+            # Interim response (100 Continue, 103): the gateway handles Expect itself.
+            self.resp_headers = []
+            self.resp_head_size = 0
+            self.interim = True
+            return
+        self.resp_status = status
+        if status == 101:
+            return  # the upgrade path (resp_upgrade) takes over
+        cl: bytes | None = None
+        te: bytes | None = None
+        conn_names: list[bytes] = []
+        out_headers: list[bytes] = []
+        via: bytes | None = None
+        for name, value in self.resp_headers:
+            lname = name.lower()
+            if lname in H.REWRITTEN_DOWNSTREAM:
+                if lname == b"content-length":
+                    if cl is not None and cl != value:
+                        raise _UpstreamFraming("differing Content-Length")
+                    cl = value
+                elif lname == b"transfer-encoding":
+                    te = value
+                elif lname == b"connection":
+                    conn_names.append(value)
+                elif lname == b"via":
+                    via = value if via is None else via + b", " + value
+                continue
+            out_headers.append(name)
+            out_headers.append(b": ")
+            out_headers.append(value)
+            out_headers.append(b"\r\n")
+        if cl is not None and te is not None:
+            raise _UpstreamFraming("Content-Length with Transfer-Encoding")
+        if cl is not None and not cl.strip().isdigit():
+            raise _UpstreamFraming("invalid Content-Length")
+        if conn_names:
+            named = H.connection_tokens(conn_names)
+            if named:
+                out_headers = _drop_named(out_headers, named)
+        client = self.client
+        head_req = self.method == b"HEAD"
+        if head_req or status in (204, 304):
+            mode = NO_BODY
+            framing = b"Content-Length: " + cl.strip() + b"\r\n" if (cl is not None and status != 204) else b""
+        elif cl is not None:
+            mode = RAW
+            framing = b"Content-Length: " + cl.strip() + b"\r\n"
+        elif self.http10:
+            mode = UNTIL_CLOSE
+            framing = b""
+            self.keep_alive = False
+        else:
+            mode = CHUNKED
+            framing = b"Transfer-Encoding: chunked\r\n"
+        if not self.body_complete:
+            # The upstream answered before the whole request arrived: the rest of the
+            # request body cannot be told from a next request; close after this one.
+            self.keep_alive = False
+        self.resp_mode = mode
+        if client.rt.draining:
+            self.keep_alive = False
+        conn_header = b""
+        if not self.keep_alive:
+            conn_header = b"Connection: close\r\n"
+        elif self.http10:
+            conn_header = b"Connection: keep-alive\r\n"
+        via_header = b"Via: " + (via + b", " + H.VIA if via else H.VIA) + b"\r\n"
+        if self.set_cookie is not None:
+            # consistent-hashing on a cookie the client did not have yet (Kong does this)
+            name, value, path = self.set_cookie
+            via_header += f"Set-Cookie: {name}={value}; Path={path}; SameSite=Lax; HttpOnly\r\n".encode("latin-1")
+        self.out.append(status_line(status) + b"".join(out_headers) + framing + via_header + conn_header + b"\r\n")
+        self.resp_started = True
+        self.state = RESPONDING
+        if head_req and self.upstream is not None:
+            # httptools cannot be told that a HEAD response has no body: finish now and
+            # give the connection a fresh parser for its next response.
+            conn = self.upstream
+            self.flush_client()
+            reuse = conn.parser.should_keep_alive() and self.body_complete
+            conn.reset_parser()
+            self._finish_upstream(conn, reuse=reuse)
+            self.client.exchange_done(self)
+
+    def resp_body(self, data: bytes) -> None:
+        if self.interim or self.resp_mode == NO_BODY:
+            return
+        if self.resp_mode == CHUNKED:
+            self.out.append(b"%x\r\n" % len(data))
+            self.out.append(data)
+            self.out.append(b"\r\n")
+        else:
+            self.out.append(data)
+
+    def resp_complete(self, upstream_keep_alive: bool) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.state != RESPONDING:
+            return
+        if self.resp_mode == CHUNKED:
+            self.out.append(b"0\r\n\r\n")
+        self.flush_client()
+        conn = self.upstream
+        if conn is not None:
+            self._finish_upstream(conn, reuse=upstream_keep_alive and self.body_complete)
+        self.client.exchange_done(self)
+
+    def resp_upgrade(self, rest: bytes) -> None:
+        """The upstream switched protocols (101): hand both connections to a tunnel."""
+        conn = self.upstream
+        if conn is None or self.ws_key is None or self.resp_status != 101:
+            self.upstream_protocol_error("unexpected protocol switch")
+            return
+        self.client.start_tunnel(self, conn, rest)
+
+    def _finish_upstream(self, conn: UpstreamConnection, reuse: bool) -> None:
+        self.upstream = None
+        if reuse and not conn.closed:
+            self.client.rt.pool.release(conn, self.client.rt.loop.time())
+        else:
+            conn.close()
+
+    def flush_client(self) -> None:
+        out = self.out
+        if out:
+            transport = self.client.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    # ------------------------------------------------------------------ failures
+    def upstream_protocol_error(self, reason: str) -> None:
+        log.warning("upstream %s sent an invalid response: %s", self.peer and f"{self.peer.ip}:{self.peer.port}", reason)
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.close()
+        if self.resp_started:
+            self.client.abort()
+        else:
+            self.client.respond_error(self, 502, "An invalid response was received from the upstream server")
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.state == DONE:
+            return
+        if self.resp_started:
+            if self.resp_mode == UNTIL_CLOSE:
+                self.flush_client()
+                self.client.exchange_done(self)
+            else:
+                self.flush_client()
+                self.client.abort()
+            return
+        if self.may_retry():
+            self.resp_headers = []
+            self.resp_head_size = 0
+            self.state = QUEUED
+            self.start_upstream()
+            return
+        self.client.respond_error(self, 502, "An invalid response was received from the upstream server")
+
+    def may_retry(self) -> bool:
+        if len(self.tried) > self.service.retries:  # type: ignore[union-attr]
+            return False
+        if self.method not in IDEMPOTENT or self.ws_key is not None:
+            return False
+        if not self.has_body:
+            return True
+        if self.replay is None or not self.body_complete:
+            return False
+        self.body_pending = list(self.replay)
+        self.body_pending_size = self.replay_size
+        return True
+
+    def timed_out(self) -> None:
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.close()
+        if self.resp_started:
+            self.client.abort()
+        else:
+            self.client.respond_error(self, 504, "The upstream server is timing out")
+
+    def rid(self) -> str:
+        if self.request_id is None:
+            self.request_id = REQUEST_IDS.next()
+        return self.request_id
+
+
+class _UpstreamHeadTooLarge(Exception):
+    pass
+
+
+class _UpstreamFraming(Exception):
+    pass
+
+
+UPSTREAM_FAULTS = (_UpstreamHeadTooLarge, _UpstreamFraming)
+
+
+def _drop_named(parts: list[bytes], named: frozenset[bytes]) -> list[bytes]:
+    kept: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i].lower() not in named:
+            kept.extend(parts[i:i + 4])
+    return kept
+
+
+__all__ = ["Exchange", "UPSTREAM_FAULTS", "render", "error_response"]

@@ -1,0 +1,570 @@
+"""The client side of the data plane: one ``asyncio.Protocol`` per client connection.
+
+Connection rules (GUARANTEES.md §1–3, §6, §9):
+
+* Bytes are parsed by httptools (llhttp, strict) plus the checks below; a request is
+  rejected before any byte of it is forwarded, and a rejected request closes the
+  connection: nothing pipelined after it is processed.
+* Request line ≤ ``max_request_line`` (414); header section ≤ ``max_header_size`` and
+  ≤ ``max_headers`` fields (431).
+* 400 for: Content-Length with Transfer-Encoding; non-digit or differing Content-Length;
+  Transfer-Encoding other than exactly ``chunked``; Transfer-Encoding on HTTP/1.0; control
+  characters in values; missing or repeated Host; a target that is not origin-form,
+  absolute-form or ``*`` (for OPTIONS). CONNECT and TRACE: 405.
+* Requests are answered in order; a pipelined request waits (its body buffered up to a
+  bound, then reading pauses) until the one before it is answered.
+* Deadlines: the head within ``client_header_timeout`` (408), the body idle for at most
+  ``client_body_timeout`` (408), a keep-alive connection idle for ``keepalive_timeout``
+  (closed silently). The worker's sweeper calls :meth:`check_timeout` twice a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from guichet import websocket
+from guichet.errors import BadRequest
+from guichet.server import headers as H
+from guichet.server.exchange import DONE, HEAD, QUEUED, RESPONDING, SENT, Exchange
+from guichet.server.responses import error_response
+from guichet.uri import normalize_path, split_target
+
+if TYPE_CHECKING:
+    from guichet.server.upstream import UpstreamConnection
+    from guichet.worker import Runtime
+
+log = logging.getLogger("guichet.server")
+
+# what the read deadline means when it passes
+R_NONE, R_IDLE, R_HEAD, R_BODY = 0, 1, 2, 3
+_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, rt: "Runtime", scheme: str, port: int) -> None:
+        self.rt = rt
+        self.scheme = scheme
+        self.scheme_b = scheme.encode()
+        self.port_b = str(port).encode()
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.peer_ip = ""
+        self.trusted = False
+        self.sni: str | None = None
+        self.current: Exchange | None = None  # being parsed
+        self.active: Exchange | None = None  # being answered
+        self.queue: list[Exchange] = []
+        self.closed = False
+        self.read_deadline = 0.0
+        self.read_kind = R_NONE
+        self.head_size = 0
+        self.header_count = 0
+        self.pending_error: tuple[int, str] | None = None
+        self.paused_for_upstream = False
+        self.paused_for_pipeline = False
+        self.write_paused = False
+        self.tunnel = None
+        self.ws_early: list[bytes] = []
+        self.upgrading = False
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self.trusted = self.peer_ip in self.rt.trusted
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:
+            self.sni = self.rt.sni_of(sslobj)
+        self.read_deadline = self.rt.loop.time() + self.rt.settings.client_header_timeout
+        self.read_kind = R_IDLE
+        self.rt.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.rt.connection_closed(self)
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
+            self.tunnel = None
+        ex = self.active
+        self.active = None
+        self.queue.clear()
+        if ex is not None and ex.state != DONE:
+            ex.state = DONE
+            conn = ex.upstream
+            if conn is not None:
+                ex.upstream = None
+                conn.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self.upgrading:
+            self.ws_early.append(data)
+            return
+        if self.closed or self.pending_error is not None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upg:
+            self._upgrade(data[upg.args[0]:])
+        except HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self.fail(cause.status, cause.message)
+            elif isinstance(cause, BadRequest):
+                self.fail(400, cause.message)
+            elif cause is not None and not isinstance(cause, HttpParserError):
+                log.error("internal error while handling a request", exc_info=cause)
+                self.fail(500, "An unexpected error occurred")
+            else:
+                self.fail(400, "Bad request")
+        except Exception:  # a fault of ours: answer 500, never a traceback to the client
+            log.exception("internal error while handling a request")
+            self.fail(500, "An unexpected error occurred")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.client_pause_writing()
+            return
+        ex = self.active
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.client_resume_writing()
+            return
+        ex = self.active
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.resume_reading()
+
+    def pause_reading_for_upstream(self) -> None:
+        if not self.paused_for_upstream and self.transport is not None:
+            self.paused_for_upstream = True
+            self.transport.pause_reading()
+
+    def resume_reading_for_upstream(self) -> None:
+        if self.paused_for_upstream and self.transport is not None and not self.closed:
+            self.paused_for_upstream = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ httptools callbacks
+    def on_message_begin(self) -> None:
+        self.current = Exchange(self)
+        self.head_size = 0
+        self.header_count = 0
+        if self.read_kind != R_HEAD:
+            self.read_kind = R_HEAD
+            self.read_deadline = self.rt.loop.time() + self.rt.settings.client_header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.current
+        ex.url += url  # type: ignore[union-attr]
+        if len(ex.url) > self.rt.settings.max_request_line:  # type: ignore[union-attr]
+            raise _Reject(414, "URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        s = self.rt.settings
+        self.head_size += len(name) + len(value) + 4
+        self.header_count += 1
+        if self.head_size > s.max_header_size or self.header_count > s.max_headers:
+            raise _Reject(431, "Request header fields too large")
+        if H.BAD_VALUE(value):
+            raise _Reject(400, "Bad request: invalid character in a header value")
+        lname = name.lower()
+        ex = self.current
+        ex.headers.append((lname, name, value))  # type: ignore[union-attr]
+        if lname in _SPECIAL:
+            if lname == b"host":
+                if ex.host is not None:  # type: ignore[union-attr]
+                    raise _Reject(400, "Bad request: repeated Host header")
+                ex.host = value.strip()  # type: ignore[union-attr]
+            elif lname == b"content-length":
+                v = value.strip()
+                if not v.isdigit():
+                    raise _Reject(400, "Bad request: invalid Content-Length")
+                if ex.content_length is not None and ex.content_length != int(v):  # type: ignore[union-attr]
+                    raise _Reject(400, "Bad request: differing Content-Length values")
+                ex.content_length = int(v)  # type: ignore[union-attr]
+            elif lname == b"transfer-encoding":
+                if ex.chunked or value.strip().lower() != b"chunked":  # type: ignore[union-attr]
+                    raise _Reject(400, "Bad request: unsupported Transfer-Encoding")
+                ex.chunked = True  # type: ignore[union-attr]
+            elif lname == b"connection":
+                ex.conn_names.append(value)  # type: ignore[union-attr]
+            elif lname == b"expect":
+                ex.expect_continue = value.strip().lower() == b"100-continue"  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        ex = self.current
+        assert ex is not None
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.http10 = parser.get_http_version() == "1.0"
+        ex.keep_alive = parser.should_keep_alive()
+        if ex.chunked:
+            if ex.content_length is not None:
+                raise _Reject(400, "Bad request: Content-Length with Transfer-Encoding")
+            if ex.http10:
+                raise _Reject(400, "Bad request: Transfer-Encoding on HTTP/1.0")
+            ex.has_body = True
+        elif ex.content_length:
+            ex.has_body = True
+            limit = self.rt.settings.client_max_body_size
+            if limit and ex.content_length > limit:
+                raise _Reject(413, "Request size limit exceeded")
+        if ex.host is None:
+            raise _Reject(400, "Bad request: missing Host header")
+        if ex.method in (b"CONNECT", b"TRACE"):
+            raise _Reject(405, "Method not allowed")
+        if parser.should_upgrade():
+            ex.ws_key = websocket.check_upgrade_request(
+                ex.method, 1, 0 if ex.http10 else 1, [(n, v) for n, _, v in ex.headers])
+            if ex.ws_key is not None:
+                ex.keep_alive = False
+        if ex.has_body:
+            self.read_kind = R_BODY
+            self.read_deadline = self.rt.loop.time() + self.rt.settings.client_body_timeout
+        else:
+            self.read_kind = R_NONE
+        if self.active is None:
+            self.active = ex
+            self.dispatch(ex)
+        else:
+            ex.state = QUEUED
+            self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        self.read_deadline = self.rt.loop.time() + self.rt.settings.client_body_timeout
+        ex = self.current
+        if ex is not None and ex.state != DONE:
+            ex.body_chunk(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        self.current = None
+        if self.read_kind == R_BODY:
+            self.read_kind = R_NONE
+        if ex is not None:
+            if ex.state == DONE:
+                ex.body_complete = True
+            else:
+                ex.body_done()
+        if self.queue and not self.paused_for_pipeline and self.transport is not None:
+            # A pipelined request is waiting: read no further until it is answered.
+            self.paused_for_pipeline = True
+            self.transport.pause_reading()
+
+    # ------------------------------------------------------------------ routing
+    def dispatch(self, ex: Exchange) -> None:
+        """Route a request whose head is complete and start its upstream exchange."""
+        rt = self.rt
+        snap = rt.snapshot
+        ex.snapshot = snap
+        ex.started_at = rt.loop.time()
+        try:
+            raw_path, ex.query = split_target(ex.url)
+            if raw_path == "*":
+                if ex.method != b"OPTIONS":
+                    raise BadRequest("Bad request: invalid request target")
+                self.respond_error(ex, 404, "no Route matched with those values")
+                return
+            ex.path = normalize_path(raw_path)
+        except BadRequest as exc:
+            self.respond_error(ex, 400, exc.message, close=True)
+            return
+        host = ex.host.decode("latin-1")  # type: ignore[union-attr]
+        match = snap.router.match(ex.method.decode("latin-1"), host, ex.path, _HeaderView(ex),
+                                  self.scheme, self.sni)
+        if match is None:
+            self.respond_error(ex, 404, "no Route matched with those values")
+            return
+        ex.match = match
+        if match.redirect_https:
+            self._redirect_https(ex, match.route.https_redirect_status_code)
+            return
+        svc = snap.services.get(match.route.service_id)
+        if svc is None:
+            self.respond_error(ex, 503, "no Service found with those values")
+            return
+        ex.service = svc
+        if ex.expect_continue and ex.has_body and not ex.http10 and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        ex.state = QUEUED
+        ex.start_upstream()
+
+    def _redirect_https(self, ex: Exchange, code: int) -> None:
+        if code == 426:
+            self.respond_error(ex, 426, "Please use HTTPS protocol",
+                               extra=((b"Connection", b"Upgrade"), (b"Upgrade", b"TLS/1.2, HTTP/1.1")))
+            return
+        location = b"https://" + ex.host.split(b":")[0] + ex.url  # type: ignore[union-attr]
+        self.respond_error(ex, code, "Moved", extra=((b"Location", location),))
+
+    # ------------------------------------------------------------------ upstream head
+    def build_upstream_head(self, ex: Exchange, conn: "UpstreamConnection") -> bytes:
+        svc = ex.service
+        match = ex.match
+        route = match.route
+        path = svc.upstream_path(match, ex.path)  # type: ignore[union-attr]
+        target = path.encode("latin-1")
+        if ex.query:
+            target += b"?" + ex.query.encode("latin-1")
+        host = ex.host if route.preserve_host else svc.host_header(ex.peer)  # type: ignore[union-attr]
+        trusted = self.trusted
+        named = H.connection_tokens(ex.conn_names) if ex.conn_names else ()
+        parts = [ex.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]  # type: ignore[list-item]
+        xff = b""
+        via = b""
+        kept: dict[bytes, bytes] = {}
+        for lname, name, value in ex.headers:
+            if lname in H.REWRITTEN_UPSTREAM:
+                if lname == b"x-forwarded-for":
+                    xff = xff + b", " + value if xff else value
+                elif lname == b"via":
+                    via = via + b", " + value if via else value
+                elif trusted and lname in H.FORWARDED:
+                    kept[lname] = value
+                continue
+            if lname.startswith(H.IDENTITY_PREFIXES) or lname in named:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        peer = self.peer_ip.encode()
+        parts += (
+            b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n",
+            b"X-Real-IP: ", kept.get(b"x-real-ip") or peer, b"\r\n",
+            b"X-Forwarded-Proto: ", kept.get(b"x-forwarded-proto") or self.scheme_b, b"\r\n",
+            b"X-Forwarded-Host: ", kept.get(b"x-forwarded-host") or _host_without_port(ex.host), b"\r\n",  # type: ignore[arg-type]
+            b"X-Forwarded-Port: ", kept.get(b"x-forwarded-port") or self.port_b, b"\r\n",
+            b"X-Forwarded-Path: ", kept.get(b"x-forwarded-path") or ex.url.split(b"?", 1)[0], b"\r\n",
+            b"Via: ", via + b", " + H.VIA if via else H.VIA, b"\r\n",
+        )
+        prefix = kept.get(b"x-forwarded-prefix")
+        if prefix is None and route.strip_path and match.matched_path and match.matched_path != "/":
+            prefix = match.matched_path.encode("latin-1")
+        if prefix:
+            parts += (b"X-Forwarded-Prefix: ", prefix, b"\r\n")
+        if ex.ws_key is not None:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        elif ex.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif ex.has_body:
+            parts.append(b"Content-Length: %d\r\n" % ex.content_length)  # type: ignore[str-format]
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    # ------------------------------------------------------------------ answers
+    def respond_error(self, ex: Exchange, status: int, message: str, *,
+                      extra: tuple[tuple[bytes, bytes], ...] = (), close: bool = False) -> None:
+        if ex.resp_started:
+            self.abort()
+            return
+        keep = ex.keep_alive and ex.body_complete and not close and not self.rt.draining
+        ex.keep_alive = keep
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error_response(status, message, ex.rid(), keep_alive=keep,
+                                                extra=extra, head_only=ex.method == b"HEAD"))
+        ex.resp_started = True
+        self.exchange_done(ex)
+
+    def fail(self, status: int, message: str, ex: Exchange | None = None) -> None:
+        """A protocol error: answer it (when nothing else is being answered) and close."""
+        if self.closed:
+            return
+        active = self.active
+        if active is not None and active.state != DONE and (ex is None or ex is not active):
+            if active.resp_started or active.state >= SENT:
+                # Let the active answer finish, then refuse; stop reading now.
+                self.pending_error = (status, message)
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                return
+        if active is not None and active.resp_started:
+            self.abort()
+            return
+        self.pending_error = (status, message)
+        if active is not None and active.upstream is not None:
+            conn = active.upstream
+            active.upstream = None
+            conn.close()
+        if active is not None:
+            active.state = DONE
+        self._write_pending_error_and_close()
+
+    def _write_pending_error_and_close(self) -> None:
+        status, message = self.pending_error or (400, "Bad request")
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(error_response(status, message, keep_alive=False))
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Something failed after the response started: the only honest signal is a close."""
+        self.closed = True
+        ex = self.active
+        if ex is not None:
+            ex.state = DONE
+            if ex.upstream is not None:
+                conn = ex.upstream
+                ex.upstream = None
+                conn.close()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        ex.state = DONE
+        if self.active is ex:
+            self.active = None
+        if self.closed:
+            return
+        if self.pending_error is not None:
+            self._write_pending_error_and_close()
+            return
+        if not ex.keep_alive:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.queue:
+            nxt = self.queue.pop(0)
+            self.active = nxt
+            if self.paused_for_pipeline and not self.queue and self.transport is not None:
+                self.paused_for_pipeline = False
+                self.transport.resume_reading()
+            self.dispatch(nxt)
+            return
+        if self.paused_for_pipeline and self.transport is not None:
+            self.paused_for_pipeline = False
+            self.transport.resume_reading()
+        if self.current is None:
+            self.read_kind = R_IDLE
+            self.read_deadline = self.rt.loop.time() + self.rt.settings.keepalive_timeout
+
+    # ------------------------------------------------------------------ websocket
+    def _upgrade(self, rest: bytes) -> None:
+        ex = self.active if self.active is not None and self.active.ws_key else None
+        if ex is None:
+            # An Upgrade we do not tunnel (h2c, ...): the request was handled as plain
+            # HTTP; go on parsing the bytes after it with a fresh parser.
+            self.parser = HttpRequestParser(self)
+            if rest:
+                self.data_received(rest)
+            return
+        self.upgrading = True
+        if rest:
+            self.ws_early.append(rest)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def start_tunnel(self, ex: Exchange, conn: "UpstreamConnection", upstream_rest: bytes) -> None:
+        from guichet.server.tunnel import Tunnel
+
+        reason = websocket.check_upgrade_response(
+            101, [(n.lower(), v) for n, v in ex.resp_headers], ex.ws_key)  # type: ignore[arg-type]
+        if reason is not None:
+            log.warning("upstream refused the WebSocket handshake: %s", reason)
+            ex.upstream_protocol_error(reason)
+            return
+        lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
+        for name, value in ex.resp_headers:
+            lname = name.lower()
+            if lname in H.REWRITTEN_DOWNSTREAM:
+                continue
+            lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\nVia: 1.1 guichet\r\n\r\n")
+        assert self.transport is not None
+        self.transport.write(b"".join(lines))
+        ex.state = DONE
+        ex.upstream = None
+        conn.exchange = None
+        self.active = None
+        self.upgrading = False
+        early = b"".join(self.ws_early)
+        self.ws_early = []
+        self.tunnel = Tunnel(self, conn, self.rt,
+                             allow_rsv1=websocket.allows_rsv1([(n.lower(), v) for n, v in ex.resp_headers]))
+        conn.tunnel = self.tunnel
+        self.read_kind = R_NONE
+        self.tunnel.start(early, upstream_rest)
+
+    # ------------------------------------------------------------------ timeouts
+    def check_timeout(self, now: float) -> None:
+        if self.closed:
+            return
+        if self.tunnel is not None:
+            self.tunnel.check_timeout(now)
+            return
+        ex = self.active
+        if ex is not None and ex.state in (SENT, RESPONDING) and ex.deadline and now > ex.deadline:
+            if not (ex.state == RESPONDING and self.write_paused):
+                ex.timed_out()
+                return
+        kind = self.read_kind
+        if kind and now > self.read_deadline:
+            if kind == R_IDLE:
+                self.closed = True
+                if self.transport is not None:
+                    self.transport.close()
+            elif self.active is not None and self.active.resp_started:
+                self.abort()
+            else:
+                self.fail(408, "Request timeout")
+
+    def close_if_idle(self) -> None:
+        """Draining: close a keep-alive connection that has nothing in flight."""
+        if self.active is None and self.current is None and self.tunnel is None and not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+def _host_without_port(host: bytes) -> bytes:
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    return host.split(b":", 1)[0]
+
+
+class _HeaderView:
+    """A read-only mapping of lower-case header names, built only if a route asks."""
+
+    __slots__ = ("_ex",)
+
+    def __init__(self, ex: Exchange) -> None:
+        self._ex = ex
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._ex.lazy_headers().get(name, default)
+
+    def __getitem__(self, name: str) -> str:
+        return self._ex.lazy_headers()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ex.lazy_headers()
+
+    def __iter__(self):
+        return iter(self._ex.lazy_headers())
+
+    def __len__(self) -> int:
+        return len(self._ex.lazy_headers())
+
+    def items(self):
+        return self._ex.lazy_headers().items()
+
+    def keys(self):
+        return self._ex.lazy_headers().keys()

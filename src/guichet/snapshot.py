@@ -1,0 +1,112 @@
+"""Compile a validated :class:`~guichet.config.model.Config` into an immutable snapshot.
+
+A snapshot is everything the hot path reads for one configuration version: the route
+table, one :class:`CompiledService` per service (its balancer, timeouts in seconds, TLS
+choice, Host header rule), and the TLS certificates by SNI. Compiling does all the work
+that does not depend on the request, once.
+
+Life cycle (one worker): ``compile_snapshot`` → ``await snap.start()`` (DNS watches) →
+``runtime.snapshot = snap`` (one reference swap, no ``await`` in between) → the previous
+snapshot is closed once the requests that started on it are done (``close()`` cancels
+its DNS watches and drops its balancers), so reloads do not accumulate memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from guichet.balancer import Balancer, build_balancer
+from guichet.config.model import Config, Service
+from guichet.dns import Resolver
+from guichet.router import RouteTable, upstream_path
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_versions = itertools.count(1)
+
+
+class CompiledService:
+    __slots__ = ("service", "balancer", "tls", "verify", "connect_timeout", "read_timeout",
+                 "write_timeout", "retries", "_host_header", "_hosts", "_default_port",
+                 "_pool_keys", "path")
+
+    def __init__(self, service: Service, balancer: Balancer, host_header: str | None) -> None:
+        self.service = service
+        self.balancer = balancer
+        self.tls = service.protocol in ("https", "wss")
+        self.verify = bool(service.tls_verify)
+        self.connect_timeout = service.connect_timeout / 1000.0
+        self.read_timeout = service.read_timeout / 1000.0
+        self.write_timeout = service.write_timeout / 1000.0
+        self.retries = service.retries
+        self.path = service.path
+        self._host_header = host_header.encode() if host_header else None
+        self._default_port = _DEFAULT_PORTS.get(service.protocol, 80)
+        self._hosts: dict[tuple[str, int], bytes] = {}
+        self._pool_keys: dict[tuple[str, int], tuple[str, int, bool, str]] = {}
+
+    def host_header(self, peer: Any) -> bytes:
+        """Kong's rule: the upstream's host_header, else the target's name (plus a port
+        that is not the protocol's default)."""
+        if self._host_header is not None:
+            return self._host_header
+        key = (peer.hostname, peer.port)
+        value = self._hosts.get(key)
+        if value is None:
+            name = peer.hostname
+            if ":" in name and not name.startswith("["):
+                name = f"[{name}]"
+            value = name if peer.port == self._default_port else f"{name}:{peer.port}"
+            value = value.encode()
+            self._hosts[key] = value
+        return value
+
+    def pool_key(self, peer: Any) -> tuple[str, int, bool, str]:
+        key = (peer.ip, peer.port)
+        pk = self._pool_keys.get(key)
+        if pk is None:
+            pk = (peer.ip, peer.port, self.tls, peer.hostname if self.tls else "")
+            self._pool_keys[key] = pk
+        return pk
+
+    def upstream_path(self, match: Any, request_path: str) -> str:
+        return upstream_path(match, self.path, request_path)
+
+
+class Snapshot:
+    __slots__ = ("config", "router", "services", "hash", "version", "certificates", "_closed")
+
+    def __init__(self, config: Config, router: RouteTable, services: dict[str, CompiledService]) -> None:
+        self.config = config
+        self.router = router
+        self.services = services
+        self.hash = config.hash
+        self.version = next(_versions)
+        self.certificates = config.certificates
+        self._closed = False
+
+    async def start(self) -> None:
+        for svc in self.services.values():
+            await svc.balancer.start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for svc in self.services.values():
+            await svc.balancer.close()
+        self.services = {}
+
+
+def compile_snapshot(config: Config, resolver: Resolver) -> Snapshot:
+    upstreams = {u.name: u for u in config.upstreams}
+    services: dict[str, CompiledService] = {}
+    for service in config.services:
+        if not service.enabled:
+            continue
+        balancer = build_balancer(service, upstreams, resolver)
+        upstream = upstreams.get(service.host)
+        services[service.id] = CompiledService(service, balancer, upstream.host_header if upstream else None)
+    # Routes of a disabled service are not matched (Kong).
+    router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
+    return Snapshot(config, router, services)

@@ -1,0 +1,230 @@
+"""A worker process: its event loop, listeners, current snapshot and reload handling.
+
+Each worker binds every proxy listener itself with SO_REUSEPORT, so the kernel spreads
+connections over workers. The master talks to it over a pipe:
+
+* master → worker: ``{"op": "reload", "text": ..., "source": ...}``; the worker compiles
+  the text into a new snapshot and swaps one reference (no ``await`` between the check and
+  the swap). Requests that started on the old snapshot finish on it; the old snapshot is
+  closed when none is left.
+* worker → master: ``{"op": "ready"}`` once listening, ``{"op": "reloaded", "hash": ...,
+  "error": ...}`` after each reload.
+
+SIGTERM/SIGINT: stop accepting, answer what is in flight with ``Connection: close``, close
+idle keep-alive connections, and exit when no connection is left or after
+``drain_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from typing import Any
+
+from guichet.config.loader import load_config_text
+from guichet.dns import Resolver
+from guichet.errors import ConfigError
+from guichet.server.headers import TrustedNetworks
+from guichet.server.protocol import ClientProtocol
+from guichet.server.upstream import UpstreamPool
+from guichet.settings import Settings, parse_hostport
+from guichet.snapshot import Snapshot, compile_snapshot
+from guichet.tls import CertificateStore
+
+log = logging.getLogger("guichet.worker")
+SWEEP_INTERVAL = 0.5
+
+
+class Runtime:
+    """Everything a worker's connections share; passed in, never global."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, snapshot: Snapshot,
+                 resolver: Resolver, stats: Any = None, index: int = 0) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.snapshot = snapshot
+        self.resolver = resolver
+        self.pool = UpstreamPool(settings.upstream_keepalive_pool_size,
+                                 settings.upstream_keepalive_idle_timeout,
+                                 settings.upstream_keepalive_max_requests)
+        self.trusted = TrustedNetworks(settings.trusted_ips)
+        self.clients: set[ClientProtocol] = set()
+        self.draining = False
+        self.stats = stats
+        self.index = index
+        self.retired: list[Snapshot] = []
+        self.certs = CertificateStore(settings)
+        self.certs.update(snapshot.certificates)
+
+    def connection_opened(self, client: ClientProtocol) -> None:
+        self.clients.add(client)
+        if self.stats is not None:
+            self.stats[self.index] += 1
+
+    def connection_closed(self, client: ClientProtocol) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+            if self.stats is not None:
+                self.stats[self.index] -= 1
+
+    def sni_of(self, sslobj: Any) -> str | None:
+        return getattr(sslobj, "guichet_sni", None)
+
+    # -- reload ------------------------------------------------------------------
+    async def reload(self, text: str, source: str) -> tuple[str | None, str | None]:
+        """Compile and swap; return (hash, None) or (None, error text)."""
+        try:
+            config = load_config_text(text, source)
+        except ConfigError as exc:
+            return None, str(exc)
+        if config.hash == self.snapshot.hash:
+            return config.hash, None
+        snap = compile_snapshot(config, self.resolver)
+        await snap.start()
+        old = self.snapshot
+        self.snapshot = snap  # the swap: one reference, no await since the check
+        self.certs.update(snap.certificates)
+        self.retired.append(old)
+        return config.hash, None
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        in_use: set[int] = set()
+        for client in list(self.clients):
+            client.check_timeout(now)
+            if self.retired:
+                for ex in (client.active, *client.queue):
+                    if ex is not None and ex.snapshot is not None:
+                        in_use.add(id(ex.snapshot))
+        self.pool.sweep(now)
+        if self.retired:
+            keep = []
+            for snap in self.retired:
+                if id(snap) in in_use:
+                    keep.append(snap)
+                else:
+                    self.loop.create_task(snap.close())
+            self.retired = keep
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, config_text: str, source: str, control: Any,
+                stats: Any, index: int) -> None:
+    loop = asyncio.get_running_loop()
+    resolver = Resolver(
+        nameservers=[parse_hostport(n if ":" in n else n + ":53") for n in settings.dns_resolver] or None,
+        hostsfile=settings.dns_hostsfile or None,
+        order=tuple(settings.dns_order),
+        min_ttl=settings.dns_min_ttl,
+        stale_ttl=settings.dns_stale_ttl,
+        error_ttl=settings.dns_error_ttl,
+    )
+    config = load_config_text(config_text, source)
+    snapshot = compile_snapshot(config, resolver)
+    await snapshot.start()
+    rt = Runtime(settings, loop, snapshot, resolver, stats, index)
+
+    servers = []
+    for item in settings.listen:
+        host, port, tls = _parse_listener(item)
+        ctx: ssl.SSLContext | None = rt.certs.server_context() if tls else None
+        sock = _listen_socket(host, port)
+        scheme = "https" if ctx is not None else "http"
+        srv = await loop.create_server(
+            lambda scheme=scheme, port=port: ClientProtocol(rt, scheme, port), sock=sock, ssl=ctx,
+            ssl_handshake_timeout=settings.client_header_timeout if ctx else None)
+        servers.append(srv)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the master coordinates reloads
+
+    async def on_message(msg: dict[str, Any]) -> None:
+        if msg.get("op") == "reload":
+            digest, error = await rt.reload(msg["text"], msg["source"])
+            control.send({"op": "reloaded", "hash": digest, "error": error, "index": index})
+        elif msg.get("op") == "stop":
+            stop.set()
+
+    def readable() -> None:
+        try:
+            while control.poll():
+                loop.create_task(on_message(control.recv()))
+        except (EOFError, OSError):
+            stop.set()  # the master is gone: drain and exit
+
+    loop.add_reader(control.fileno(), readable)
+
+    async def sweeper() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            rt.sweep()
+
+    sweep_task = loop.create_task(sweeper())
+    control.send({"op": "ready", "index": index, "pid": os.getpid()})
+    await stop.wait()
+
+    # -- drain -----------------------------------------------------------------
+    rt.draining = True
+    for srv in servers:
+        srv.close()
+    for client in list(rt.clients):
+        client.close_if_idle()
+    deadline = loop.time() + settings.drain_timeout
+    while rt.clients and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        for client in list(rt.clients):
+            client.close_if_idle()
+    for client in list(rt.clients):
+        if client.transport is not None:
+            client.transport.abort()
+    sweep_task.cancel()
+    rt.pool.close_all()
+    try:
+        loop.remove_reader(control.fileno())
+    except (OSError, ValueError):
+        pass
+    await rt.snapshot.close()
+    await resolver.close()
+
+
+def _parse_listener(item: str) -> tuple[str, int, bool]:
+    """``HOST:PORT`` or ``HOST:PORT ssl`` (Kong's ``proxy_listen`` flag)."""
+    parts = item.split()
+    host, port = parse_hostport(parts[0])
+    return host, port, "ssl" in parts[1:]
+
+
+def worker_main(settings: Settings, config_text: str, source: str, control: Any, stats: Any,
+                index: int, log_level: int) -> None:
+    """Entry point of a worker process (spawned by the master)."""
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format=f"%(asctime)s worker[{index}] %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    try:
+        uvloop.run(serve(settings, config_text, source, control, stats, index))
+    except ConfigError as exc:
+        control.send({"op": "failed", "index": index, "error": str(exc)})
+        sys.exit(1)
+    except OSError as exc:
+        control.send({"op": "failed", "index": index, "error": f"cannot listen: {exc}"})
+        sys.exit(1)
