@@ -76,7 +76,9 @@ def _make_picker(upstream: Upstream) -> RoundRobin | LeastConnections | Consiste
 
 
 class Balancer:
-    __slots__ = ("name", "upstream", "_picker", "_targets", "_resolver", "_peers", "_state")
+    __slots__ = (
+        "name", "upstream", "_picker", "_targets", "_resolver", "_peers", "_state", "__weakref__"
+    )
 
     def __init__(
         self,
@@ -95,7 +97,8 @@ class Balancer:
         self._state = "new"  # new -> started -> closed
         for state in targets:
             if is_ip(state.host):
-                state.peers = self._peers_for(state, [Address(state.host, state.port, None, math.inf)])
+                itself = Address(state.host, state.port, None, math.inf)
+                state.peers = self._peers_for(state, [itself])
         self._rebuild()
 
     @property
@@ -127,7 +130,8 @@ class Balancer:
         resolver = self._resolver
         for state in self._targets:
             if not is_ip(state.host):
-                state.watch = resolver.watch(state.host, state.port, partial(self._on_addresses, state))
+                on_change = partial(self._on_addresses, state)
+                state.watch = resolver.watch(state.host, state.port, on_change)
         pending = [
             asyncio.ensure_future(s.watch.ready()) for s in self._targets if s.watch is not None
         ]
@@ -218,10 +222,9 @@ def build_balancers(
     result: dict[str, Balancer] = {}
     for service in services:
         if service.host in upstreams_by_name:
-            balancer = shared.get(service.host)
-            if balancer is None:
-                balancer = shared[service.host] = build_balancer(service, upstreams_by_name, resolver)
-            result[service.id] = balancer
+            if service.host not in shared:
+                shared[service.host] = build_balancer(service, upstreams_by_name, resolver)
+            result[service.id] = shared[service.host]
         else:
             result[service.id] = build_balancer(service, upstreams_by_name, resolver)
     return result

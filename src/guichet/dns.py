@@ -38,7 +38,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from guichet.balancing import dns_query
-from guichet.balancing.dns_files import is_ip, parse_hosts, parse_resolv_conf
+from guichet.balancing.dns_files import (
+    hosts_address,
+    is_ip,
+    parse_hosts,
+    parse_resolv_conf,
+    search_names,
+)
 
 log = logging.getLogger("guichet.dns")
 
@@ -100,7 +106,7 @@ class Watch:
         """Wait until the first resolution (success or failure) was delivered."""
         await self._ready.wait()
 
-    def deliver(self, records: tuple[Record, ...], expires: float) -> None:
+    def _deliver(self, records: tuple[Record, ...], expires: float) -> None:
         callback = self._callback
         self._ready.set()
         if callback is None:
@@ -160,6 +166,10 @@ class Resolver:
         if bad or not self.order:
             raise ValueError(f"invalid dns_order {order!r}: allowed types are {ORDER_TYPES}")
         self.hosts = parse_hosts(hostsfile) if hostsfile else {}
+        order = self.order
+        self._prefer_v6 = "AAAA" in order and (
+            "A" not in order or order.index("AAAA") < order.index("A")
+        )
         self.min_ttl = min_ttl
         self.stale_ttl = stale_ttl
         self.error_ttl = error_ttl
@@ -190,7 +200,7 @@ class Resolver:
         watch = Watch(self, key, port, callback)
         static = self._static(key.rstrip("."))
         if static is not None:
-            watch.deliver(static.records, static.expires)
+            watch._deliver(static.records, static.expires)
             return watch
         named = self._watches.get(key)
         if named is None:
@@ -198,7 +208,7 @@ class Resolver:
             named.task = asyncio.get_running_loop().create_task(self._refresh_loop(named))
         named.watches.append(watch)
         if named.published is not None:
-            watch.deliver(named.published, named.expires)
+            watch._deliver(named.published, named.expires)
         return watch
 
     async def close(self) -> None:
@@ -242,10 +252,11 @@ class Resolver:
                 else:
                     log.warning("DNS resolution of %s failed: %s", named.name, result.error)
                 named.status = result.status
+            named.expires = result.expires
             if result.records != named.published:
-                named.published, named.expires = result.records, result.expires
+                named.published = result.records
                 for watch in list(named.watches):
-                    watch.deliver(result.records, result.expires)
+                    watch._deliver(result.records, result.expires)
             self._maybe_prune()
             delay = result.expires - time.monotonic() + SLEEP_SLACK
             await asyncio.sleep(min(max(delay, EARLY), MAX_SLEEP))
@@ -253,25 +264,8 @@ class Resolver:
     # -- resolution ------------------------------------------------------------------
 
     def _static(self, name: str) -> _Resolution | None:
-        if is_ip(name):
-            return _Resolution(OK, ((name, None, None, None),), math.inf)
-        entry = self.hosts.get(name)
-        if entry is None:
-            return None
-        v4, v6 = entry
-        first_v6 = "AAAA" in self.order and (
-            "A" not in self.order or self.order.index("AAAA") < self.order.index("A")
-        )
-        ip = (v6 or v4) if first_v6 else (v4 or v6)
-        return _Resolution(OK, ((ip, None, None, None),), math.inf)
-
-    def _candidates(self, name: str, absolute: bool) -> tuple[str, ...]:
-        if absolute or not self.search:
-            return (name,)
-        searched = tuple(f"{name}.{domain}" for domain in self.search)
-        if name.count(".") >= self.ndots:
-            return (name, *searched)
-        return (*searched, name)
+        ip = name if is_ip(name) else hosts_address(self.hosts, name, self._prefer_v6)
+        return None if ip is None else _Resolution(OK, ((ip, None, None, None),), math.inf)
 
     def _types(self, name: str, address_only: bool) -> list[str]:
         types: list[str] = []
@@ -294,7 +288,7 @@ class Resolver:
             return _Resolution(ERROR, (), now + self.error_ttl, f"cannot resolve {name!r}")
         status, error, expires = NOT_FOUND, "", math.inf
         for rdtype in self._types(name, address_only):
-            for candidate in self._candidates(name, absolute):
+            for candidate in search_names(name, absolute, self.search, self.ndots):
                 entry = await self._ask(candidate, rdtype)
                 answer = entry.answer
                 expires = min(expires, entry.expires)

@@ -8,9 +8,9 @@ A route matches when every field it sets matches (values of one field are OR-ed)
   ``*.example.com`` (suffix ``.example.com``), ``example.*`` (prefix ``example.``), IPv6
   literals with or without brackets. ``headers``: every named header present with one of
   the values, compared case-insensitively; ``~*re`` is a case-insensitive regex search;
-  a joined value ``a, b`` also matches per element. ``snis``: checked on https/wss
-  only, as Kong does (exact or one leading/trailing ``*``). ``paths``: plain string
-  prefixes of the normalised path, or ``~regex`` anchored at the start of the path.
+  a joined value ``a, b`` also matches per element. ``snis``: checked on https/wss only,
+  as Kong does (exact, or one leading/trailing ``*``). ``paths``: plain string prefixes of
+  the normalised path, or ``~regex`` anchored at the start of the path.
 * ``protocols``: ws/wss count as http/https. A route without the request's scheme does not
   match, except an https-only route hit over http: it matches with ``redirect_https`` set
   (the server answers ``https_redirect_status_code``, 426 by default).
@@ -27,12 +27,13 @@ one entry for all its regexes. Entries are tried in this order (first match wins
    (hosts > headers > paths > methods > snis, compared as a bit set), then a route with a
    port-specific host first, then ``Route.order`` (file order), then path group order.
 
-Speed: hosts are split into exact-name buckets and one bucket for wildcard/host-less
-routes; each bucket indexes prefix entries by the first characters of their prefix. A
-request only scans its candidate lists, stopping at the best rank found so far. Results
-are cached on ``(method, host, path, scheme, sni)`` unless a header condition was
-evaluated while deciding; the cache is cleared when it reaches ``cache_size``. Cached
-``RouteMatch`` objects are shared: treat them (and ``uri_captures``) as read-only.
+Speed: routes whose hosts are all plain sit in one bucket per host name, the others in a
+shared bucket; a bucket indexes entries by the literal text their paths start with (the
+prefix, or a regex's literal head), one dict per length. A request scans only the lists its
+host and path select, each stopping at the best rank found so far. Results are cached on
+``(method, host, path, scheme, sni)`` unless a header condition was evaluated while
+deciding; the cache is emptied when it reaches ``cache_size``. Cached ``RouteMatch``
+objects are shared: treat them (and ``uri_captures``) as read-only.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ __all__ = ["RouteMatch", "RouteTable", "upstream_path"]
 
 _HTTPS_SCHEMES = frozenset(("https", "wss"))
 _MISS = object()
-# Kong's traditional router ranks fields as bits; used here only to break ties.
-_RANK_HOSTS, _RANK_HEADERS, _RANK_PATHS, _RANK_METHODS, _RANK_SNIS = 64, 32, 16, 8, 4
+# Kong's traditional router ranks fields as bits (hosts 64, headers 32, paths 16, methods 8,
+# snis 4); used here only to break ties. Same order as ``fields`` in ``_compile_route``.
+_FIELD_RANKS = (8, 64, 32, 4, 16)
 _INDEX_MIN = 8  # a bucket with fewer entries is scanned whole
-_INDEX_MAX_KEY = 8
+# Characters that stand for themselves in a regex (verbose mode would need a leading "(?x)",
+# which has no literal head anyway).
+_REGEX_LITERAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                           "/-_~%,;:@=&!'")
 
 
 class RouteMatch:
@@ -78,27 +83,25 @@ class _Entry:
     """One route with one group of its paths, compiled."""
 
     __slots__ = ("route", "rank", "methods", "has_hosts", "names", "name_ports", "wild",
-                 "snis", "sni_wild", "has_snis", "prefixes", "regexes", "headers",
-                 "http_ok", "https_ok")
+                 "has_snis", "snis", "sni_wild", "headers", "http_ok", "https_ok",
+                 "prefixes", "regexes", "heads")
 
 
 class _Bucket:
-    """Entries in rank order: those findable by ``path[1:1+key_len]``, and the rest."""
+    """Entries as lists in rank order: ``indexes`` is ``(length, {head: entries})`` by
+    descending length (longer heads tend to rank better, so the scans stop sooner), length
+    0 (head ``""``) holding the entries that have no literal head (no paths, a regex
+    starting with a meta-character), or all entries of a small bucket."""
 
-    __slots__ = ("key_len", "by_key", "rest")
+    __slots__ = ("indexes",)
 
     def __init__(self, entries: list[_Entry]) -> None:
-        self.key_len = key_len = _choose_key_len(entries)
-        by_key: dict[str, list[_Entry]] = {}
-        rest: list[_Entry] = []
+        by_len: dict[int, dict[str, list[_Entry]]] = {}
         for e in entries:
-            if key_len and e.prefixes and all(len(p) > key_len for p in e.prefixes):
-                for key in dict.fromkeys(p[1:1 + key_len] for p in e.prefixes):
-                    by_key.setdefault(key, []).append(e)
-            else:
-                rest.append(e)
-        self.by_key = {k: tuple(v) for k, v in by_key.items()}
-        self.rest = tuple(rest)
+            for head in e.heads if len(entries) >= _INDEX_MIN else ("",):
+                by_len.setdefault(len(head), {}).setdefault(head, []).append(e)
+        self.indexes = tuple((n, {h: tuple(v) for h, v in heads.items()})
+                             for n, heads in sorted(by_len.items(), reverse=True))
 
 
 class RouteTable:
@@ -107,10 +110,15 @@ class RouteTable:
     __slots__ = ("_by_host", "_any", "_cache", "_cache_size")
 
     def __init__(self, routes: Iterable[Route], *, cache_size: int = 4096) -> None:
-        entries = _compile(routes)
+        issues: list[ConfigIssue] = []
+        keyed = [pair for route in routes for pair in _compile_route(route, issues)]
+        if issues:
+            raise ConfigError(issues)
+        keyed.sort(key=lambda pair: pair[0])
         by_host: dict[str, list[_Entry]] = {}
         anywhere: list[_Entry] = []
-        for e in entries:
+        for rank, (_, e) in enumerate(keyed):
+            e.rank = rank
             if e.has_hosts and not e.wild:
                 for name in dict.fromkeys([*e.names, *e.name_ports]):
                     by_host.setdefault(name, []).append(e)
@@ -134,21 +142,28 @@ class RouteTable:
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
         https = scheme in _HTTPS_SCHEMES
-        name, port = _request_host(host, 443 if https else 80) if host else ("", None)
+        name, port = _split_host(host) if host else ("", None)
+        if port is None:
+            port = 443 if https else 80
         if sni:
             sni = _strip_dot(sni.lower())
         found = None
         limit = 1 << 62
         header_seen = False
+        size = len(path)
         for bucket in (self._by_host.get(name), self._any):
             if bucket is None:
                 continue
-            for entries in (bucket.by_key.get(path[1:1 + bucket.key_len], ()) if bucket.key_len
-                            else (), bucket.rest):
-                got, seen = _scan(entries, limit, method, name, port, path, headers, https, sni)
-                header_seen = header_seen or seen
-                if got is not None:
-                    found, limit = got, got[0].rank
+            for n, heads in bucket.indexes:
+                if n > size:
+                    continue
+                entries = heads.get(path[:n])
+                if entries is not None and entries[0].rank < limit:
+                    got, seen = _scan(entries, limit, method, name, port, path, headers,
+                                      https, sni)
+                    header_seen = header_seen or seen
+                    if got is not None:
+                        found, limit = got, got[0].rank
         result = None
         if found is not None:
             entry, matched, m = found
@@ -178,22 +193,17 @@ def upstream_path(match: RouteMatch, service_path: str | None, request_path: str
         if not strip:
             return base + request_path[1:]
         if postfix == "":
-            if base == "/" or request_path[-1:] == "/":
-                return base
-            return base[:-1]
-        if postfix[:1] == "/":
-            return base[:-1] + postfix
-        return base + postfix
+            return base if base == "/" or request_path[-1:] == "/" else base[:-1]
+        return base[:-1] + postfix if postfix[:1] == "/" else base + postfix
     if not strip:
         return base if request_path == "/" else base + request_path
     if postfix == "":
         return base + "/" if len(request_path) > 1 and request_path[-1:] == "/" else base
-    if postfix[:1] == "/":
-        return base + postfix
-    return base + "/" + postfix
+    return base + postfix if postfix[:1] == "/" else base + "/" + postfix
 
 
 def _sanitize_postfix(postfix: str) -> str:
+    """Kong's ``sanitize_uri_postfix``: a leftover "." or ".." segment start is dropped."""
     if postfix in (".", ".."):
         return ""
     if postfix[:2] == "./":
@@ -203,10 +213,10 @@ def _sanitize_postfix(postfix: str) -> str:
     return postfix
 
 
-def _scan(entries: tuple[_Entry, ...], limit: int, method: str, name: str, port: int | None,
+def _scan(entries: tuple[_Entry, ...], limit: int, method: str, name: str, port: int,
           path: str, headers: Mapping[str, str], https: bool, sni: str | None):
-    """First entry of ``entries`` (ranked below ``limit``) that matches; and whether a
-    header condition was evaluated on the way."""
+    """``((entry, matched_path, regex_match) or None, header_condition_evaluated)`` for the
+    first entry ranked below ``limit`` that matches."""
     seen = False
     for e in entries:
         if e.rank >= limit:
@@ -215,13 +225,9 @@ def _scan(entries: tuple[_Entry, ...], limit: int, method: str, name: str, port:
             continue
         if e.has_hosts and not _host_ok(e, name, port):
             continue
-        if https:
-            if not e.https_ok or (e.has_snis and not _sni_ok(e, sni)):
-                continue
-        elif not e.http_ok and not e.https_ok:
+        if https and (not e.https_ok or (e.has_snis and not _sni_ok(e, sni))):
             continue
-        m = None
-        matched = None
+        m = matched = None
         if e.prefixes:
             for p in e.prefixes:
                 if path.startswith(p):
@@ -245,7 +251,7 @@ def _scan(entries: tuple[_Entry, ...], limit: int, method: str, name: str, port:
     return None, seen
 
 
-def _host_ok(e: _Entry, name: str, port: int | None) -> bool:
+def _host_ok(e: _Entry, name: str, port: int) -> bool:
     if name in e.names:
         return True
     ports = e.name_ports.get(name)
@@ -263,10 +269,8 @@ def _sni_ok(e: _Entry, sni: str | None) -> bool:
         return False
     if sni in e.snis:
         return True
-    for suffix, text in e.sni_wild:
-        if sni.endswith(text) if suffix else sni.startswith(text):
-            return True
-    return False
+    return any(sni.endswith(text) if suffix else sni.startswith(text)
+               for suffix, text in e.sni_wild)
 
 
 def _headers_ok(conditions: tuple, headers: Mapping[str, str]) -> bool:
@@ -280,12 +284,12 @@ def _headers_ok(conditions: tuple, headers: Mapping[str, str]) -> bool:
 
 
 def _value_ok(value: str, exact: frozenset[str], regexes: tuple[re.Pattern[str], ...]) -> bool:
-    if value.lower() in exact:
-        return True
-    return any(rx.search(value) is not None for rx in regexes)
+    return value.lower() in exact or any(rx.search(value) is not None for rx in regexes)
 
 
 def _captures(m: re.Match[str]) -> dict[str, str]:
+    """Kong's ``uri_captures``: nothing without groups, else the whole match as "0", the
+    groups by position ("1"...) and by name; groups that did not take part are absent."""
     if m.re.groups == 0:
         return {}
     caps = {"0": m.group(0)}
@@ -298,39 +302,20 @@ def _captures(m: re.Match[str]) -> dict[str, str]:
     return caps
 
 
-def _request_host(host: str, default_port: int) -> tuple[str, int | None]:
-    host = host.lower()
-    if host[:1] == "[":
-        end = host.find("]")
-        rest = host[end + 1:] if end > 0 else None
-        if rest == "":
-            return _ipv6(host[1:end]), default_port
-        if rest and rest[0] == ":" and rest[1:].isdigit() and rest.isascii():
-            return _ipv6(host[1:end]), int(rest[1:])
-        return host, None
-    colon = host.find(":")
-    if colon == -1:
-        return _strip_dot(host), default_port
-    if host.count(":") > 1:
-        return _ipv6(host), default_port
-    digits = host[colon + 1:]
-    if digits.isdigit() and digits.isascii():
-        return _strip_dot(host[:colon]), int(digits)
-    return host, None
-
-
-def _route_host(host: str) -> tuple[str, int | None]:
-    """A route's host as (name, port or None); a non-numeric port stays part of the name."""
+def _split_host(host: str) -> tuple[str, int | None]:
+    """``(name, port)`` of a Host value or a route host: lower-cased, IPv6 canonical, one
+    trailing dot dropped; a port that is not a number stays part of the name, as in Kong."""
     host = host.lower()
     if host[:1] == "[" and "]" in host:
         end = host.index("]")
         rest = host[end + 1:]
-        port = int(rest[1:]) if rest[:1] == ":" and rest[1:].isdigit() else None
-        return _ipv6(host[1:end]), port
+        if rest[:1] == ":" and rest[1:].isdigit() and rest.isascii():
+            return _ipv6(host[1:end]), int(rest[1:])
+        return (_ipv6(host[1:end]), None) if not rest else (host, None)
     if host.count(":") > 1:
         return _ipv6(host), None
     name, sep, digits = host.partition(":")
-    if sep and not digits.isdigit():
+    if sep and not (digits.isdigit() and digits.isascii()):
         return host, None
     return _strip_dot(name), int(digits) if sep else None
 
@@ -346,114 +331,92 @@ def _strip_dot(name: str) -> str:
     return name[:-1] if len(name) > 1 and name[-1] == "." else name
 
 
-def _choose_key_len(entries: list[_Entry]) -> int:
-    """The prefix key length that leaves the fewest entries to scan at worst (0: no index)."""
-    if len(entries) < _INDEX_MIN:
-        return 0
-    best, best_cost = 0, len(entries)
-    for key_len in range(1, _INDEX_MAX_KEY + 1):
-        sizes: dict[str, int] = {}
-        rest = 0
-        for e in entries:
-            if e.prefixes and all(len(p) > key_len for p in e.prefixes):
-                for key in {p[1:1 + key_len] for p in e.prefixes}:
-                    sizes[key] = sizes.get(key, 0) + 1
-            else:
-                rest += 1
-        cost = rest + max(sizes.values(), default=0)
-        if cost < best_cost:
-            best, best_cost = key_len, cost
-    return best
+def _literal_head(pattern: str) -> str:
+    """The text every match of ``pattern`` (anchored at the start) begins with; may be ""."""
+    if "|" in pattern:
+        return ""  # an alternative may start anywhere
+    head: list[str] = []
+    for ch in pattern:
+        if ch in _REGEX_LITERAL:
+            head.append(ch)
+            continue
+        if ch in "?*{" and head:
+            head.pop()  # the character before an optional quantifier may be absent
+        break
+    return "".join(head)
 
 
-def _compile(routes: Iterable[Route]) -> list[_Entry]:
-    """Every route split into its path groups, compiled, ranked; ConfigError on bad input."""
-    issues: list[ConfigIssue] = []
-    keyed: list[tuple[tuple, _Entry]] = []
-    for route in routes:
-        where = f"routes[{route.name or route.id}]"
-        protocols = set(route.protocols) or {"http", "https"}
-        http_ok = bool(protocols & {"http", "ws"})
-        https_ok = bool(protocols & {"https", "wss"})
-        if not (http_ok or https_ok):
-            continue  # grpc / stream routes never match an HTTP request
-        names: set[str] = set()
-        name_ports: dict[str, set[int]] = {}
-        wild: list[tuple[bool, str, int | None]] = []
-        for h in route.hosts:
-            hname, port = _route_host(h)
-            if hname.startswith("*"):
-                wild.append((True, hname[1:], port))
-            elif hname.endswith("*"):
-                wild.append((False, hname[:-1], port))
-            elif port is None:
-                names.add(hname)
-            else:
-                name_ports.setdefault(hname, set()).add(port)
-        snis: set[str] = set()
-        sni_wild: list[tuple[bool, str]] = []
-        for s in route.snis:
-            s = s.lower()
-            if s.startswith("*"):
-                sni_wild.append((True, _strip_dot(s[1:])))
-            elif s.endswith("*"):
-                sni_wild.append((False, s[:-1]))
-            else:
-                snis.add(_strip_dot(s))
-        headers = []
-        for i, (hname, values) in enumerate(route.headers):
-            exact = frozenset(v.lower() for v in values if not v.startswith("~*"))
-            regexes = []
-            for v in values:
-                if v.startswith("~*"):
-                    try:
-                        regexes.append(compile_pcre(v[2:], re.IGNORECASE))
-                    except re.error as exc:
-                        issues.append(_issue(f"{where}.headers.{hname}", f"invalid regex: {exc}"))
-            headers.append((hname.lower(), exact, tuple(regexes)))
-        groups: dict[object, list] = {}  # "re" or a prefix length -> paths, in first-seen order
-        for i, raw in enumerate(route.paths):
-            if raw.startswith("~"):
+def _compile_route(route: Route, issues: list[ConfigIssue]) -> list[tuple[tuple, _Entry]]:
+    """The entries of one route, each with its sort key (the priority rules, in order)."""
+    where = f"routes[{route.name or route.id}]"
+    protocols = set(route.protocols) or {"http", "https"}
+    http_ok, https_ok = bool(protocols & {"http", "ws"}), bool(protocols & {"https", "wss"})
+    if not (http_ok or https_ok):
+        return []  # grpc / stream routes never match an HTTP request
+    names: set[str] = set()
+    name_ports: dict[str, set[int]] = {}
+    wild: list[tuple[bool, str, int | None]] = []
+    for h in route.hosts:
+        hname, port = _split_host(h)
+        if hname[:1] == "*" or hname[-1:] == "*":
+            wild.append((hname[0] == "*", hname.strip("*"), port))
+        elif port is None:
+            names.add(hname)
+        else:
+            name_ports.setdefault(hname, set()).add(port)
+    snis: set[str] = set()
+    sni_wild: list[tuple[bool, str]] = []
+    for sni in (s.lower() for s in route.snis):
+        if sni[:1] == "*":
+            sni_wild.append((True, _strip_dot(sni[1:])))
+        elif sni[-1:] == "*":
+            sni_wild.append((False, sni[:-1]))
+        else:
+            snis.add(_strip_dot(sni))
+    headers = []
+    for hname, values in route.headers:
+        regexes = []
+        for v in values:
+            if v.startswith("~*"):
                 try:
-                    rx = compile_pcre(raw[1:])
+                    regexes.append(compile_pcre(v[2:], re.IGNORECASE))
                 except re.error as exc:
-                    issues.append(_issue(f"{where}.paths[{i}]", f"invalid regex: {exc}"))
-                    continue
-                groups.setdefault("re", []).append(rx)
+                    issues.append(_issue(f"{where}.headers.{hname}", f"invalid regex: {exc}"))
+        exact = frozenset(v.lower() for v in values if not v.startswith("~*"))
+        headers.append((hname.lower(), exact, tuple(regexes)))
+    groups: dict[object, list] = {}  # "re", or a prefix length -> its paths, in file order
+    for i, raw in enumerate(route.paths):
+        try:
+            if raw.startswith("~"):
+                rx = compile_pcre(raw[1:])
+                groups.setdefault("re", []).append((rx, _literal_head(raw[1:])))
             else:
-                try:
-                    prefix = normalize_path(raw)
-                except BadRequest:
-                    issues.append(_issue(f"{where}.paths[{i}]", f"invalid path: '{raw}'"))
-                    continue
-                groups.setdefault(len(prefix), []).append(prefix)
-        fields = (route.methods, route.hosts, route.headers, route.snis, route.paths)
-        weight = sum(1 for f in fields if f)
-        plain_hosts = bool(route.hosts) and not wild
-        field_rank = sum(r for f, r in zip(fields, (_RANK_METHODS, _RANK_HOSTS, _RANK_HEADERS,
-                                                     _RANK_SNIS, _RANK_PATHS)) if f)
-        port_host = bool(name_ports) or any(w[2] is not None for w in wild)
-        for gi, (group, paths) in enumerate(groups.items() if route.paths else [(0, [])]):
-            e = _Entry()
-            e.route, e.methods = route, frozenset(route.methods) or None
-            e.has_hosts, e.names, e.wild = bool(route.hosts), frozenset(names), tuple(wild)
-            e.name_ports = {n: frozenset(p) for n, p in name_ports.items()}
-            e.snis, e.sni_wild, e.has_snis = frozenset(snis), tuple(sni_wild), bool(route.snis)
-            e.headers, e.http_ok, e.https_ok = tuple(headers), http_ok, https_ok
-            is_regex = group == "re"
-            e.regexes = tuple(paths) if is_regex else ()
-            e.prefixes = () if is_regex else tuple(dict.fromkeys(paths))
-            key = (-weight, -plain_hosts, -len(headers), -is_regex,
-                   -route.regex_priority if is_regex else 0,
-                   0 if is_regex else -int(group),  # type: ignore[call-overload]
-                   -field_rank, -port_host, route.order, gi)
-            keyed.append((key, e))
-    if issues:
-        raise ConfigError(issues)
-    keyed.sort(key=lambda pair: pair[0])
-    for rank, (_, e) in enumerate(keyed):
-        e.rank = rank
-    return [e for _, e in keyed]
+                prefix = normalize_path(raw)
+                groups.setdefault(len(prefix), []).append((None, prefix))
+        except (re.error, BadRequest) as exc:
+            issues.append(_issue(f"{where}.paths[{i}]", f"invalid path '{raw}': {exc}"))
+    fields = (route.methods, route.hosts, route.headers, route.snis, route.paths)
+    weight = sum(1 for f in fields if f)
+    field_rank = sum(r for f, r in zip(fields, _FIELD_RANKS) if f)
+    port_host = bool(name_ports) or any(w[2] is not None for w in wild)
+    out = []
+    for gi, (group, paths) in enumerate(groups.items() if route.paths else [(0, [])]):
+        e = _Entry()
+        e.route, e.methods = route, frozenset(route.methods) or None
+        e.http_ok, e.https_ok, e.headers = http_ok, https_ok, tuple(headers)
+        e.has_hosts, e.names, e.wild = bool(route.hosts), frozenset(names), tuple(wild)
+        e.name_ports = {n: frozenset(p) for n, p in name_ports.items()}
+        e.has_snis, e.snis, e.sni_wild = bool(route.snis), frozenset(snis), tuple(sni_wild)
+        is_regex = group == "re"
+        e.regexes = tuple(rx for rx, _ in paths) if is_regex else ()
+        e.prefixes = () if is_regex else tuple(dict.fromkeys(p for _, p in paths))
+        heads = tuple(dict.fromkeys(head for _, head in paths))
+        e.heads = heads if heads and all(heads) else ("",)
+        key = (-weight, -(bool(route.hosts) and not wild), -len(headers), -is_regex,
+               -route.regex_priority if is_regex else 0, 0 if is_regex else -group,
+               -field_rank, -port_host, route.order, gi)
+        out.append((key, e))
+    return out
 
 
 def _issue(path: str, message: str) -> ConfigIssue:

@@ -76,9 +76,9 @@ class Req:
 
 
 def upstream(*targets: tuple[str, int], **fields) -> Upstream:
-    """Targets as (host, weight); port 8000 + index."""
+    """Targets as (host, weight), all on port 8000."""
     made = tuple(
-        Target(id=f"t{i}", upstream_id="u", host=host, port=8000 + i, weight=weight)
+        Target(id=f"t{i}", upstream_id="u", host=host, port=8000, weight=weight)
         for i, (host, weight) in enumerate(targets)
     )
     return Upstream(id="u", name="backend", targets=made, **fields)
@@ -113,7 +113,7 @@ def test_round_robin_equal_weights_alternate_and_spread():
     seq = picks(b, 30)
     assert all(seq[i] != seq[i + 1] for i in range(29))
     assert Counter(seq) == {"10.0.0.1": 10, "10.0.0.2": 10, "10.0.0.3": 10}
-    # 3:1 never sends three in a row to the light peer's neighbour within a turn
+    # 3:1: one turn of four picks holds exactly three of one and one of the other
     b = balancer_for(upstream(("10.0.0.1", 300), ("10.0.0.2", 100)))
     turn = picks(b, 4)
     assert Counter(turn) == {"10.0.0.1": 3, "10.0.0.2": 1}
@@ -283,7 +283,10 @@ def test_hash_fallback_used_when_primary_value_missing():
         ({"hash_on": "consumer"}, lambda v: Req(consumer_id=v)),
         ({"hash_on": "path"}, lambda v: Req(path="/" + v)),
         ({"hash_on": "query_arg", "hash_on_query_arg": "u"}, lambda v: Req(args={"u": v})),
-        ({"hash_on": "uri_capture", "hash_on_uri_capture": "id"}, lambda v: Req(captures={"id": v})),
+        (
+            {"hash_on": "uri_capture", "hash_on_uri_capture": "id"},
+            lambda v: Req(captures={"id": v}),
+        ),
     ],
 )
 def test_each_hash_source_is_read(fields, varying):
@@ -351,7 +354,9 @@ def test_srv_records_give_port_and_weight_and_optional_srv_host_header():
         resolver = FakeResolver()
         b = balancer_for(upstream(("_http._tcp.svc.test", 100), use_srv_name=True), resolver)
         await b.start()
-        resolver.watches[0].push(("10.0.0.1", 9001, 3, "a.svc.test"), ("10.0.0.2", 9002, 1, "b.svc.test"))
+        resolver.watches[0].push(
+            ("10.0.0.1", 9001, 3, "a.svc.test"), ("10.0.0.2", 9002, 1, "b.svc.test")
+        )
         assert sorted((p.ip, p.port, p.weight, p.hostname) for p in b.addresses) == [
             ("10.0.0.1", 9001, 3, "a.svc.test"),
             ("10.0.0.2", 9002, 1, "b.svc.test"),

@@ -83,8 +83,8 @@ class ConsistentHashing:
         index = bisect_right(self._positions, hash64(value) % self._slots) - 1
         peer = owners[index]
         if peer.down_until or (tried and peer in tried):
-            index %= len(owners)
-            onwards = owners[index::-1] + owners[:index:-1]
+            count = len(owners)
+            onwards = (owners[(index - step) % count] for step in range(count))
             peer = pick_usable(onwards, tried, time.monotonic())
         if cookie is None:
             return peer.selection

@@ -9,6 +9,8 @@ Rules (glibc's ``resolv.conf(5)`` and ``hosts(5)``, as Kong's DNS client reads t
 - Hosts file: ``IP name [aliases...]``, ``#`` starts a comment, names are case-insensitive.
   Like Kong, the first IPv4 and the first IPv6 address seen for a name win; later lines do
   not override them. The file is read once; a reload of the gateway re-reads it.
+- Search: a name with fewer dots than ``ndots`` is tried with each search domain first,
+  then bare; other names bare first; an absolute name (final dot) is never extended.
 - ``dns_resolver`` (Kong's setting): comma-separated ``ip[:port]`` entries, IPv6 written
   bracketed when a port follows (``[::1]:5353``); port 53 when omitted.
 """
@@ -95,6 +97,27 @@ def parse_hosts(path: str) -> dict[str, tuple[str | None, str | None]]:
             if entry[family] is None:
                 entry[family] = str(ip)
     return {name: (v[0], v[1]) for name, v in found.items()}
+
+
+def hosts_address(
+    hosts: dict[str, tuple[str | None, str | None]], name: str, prefer_v6: bool
+) -> str | None:
+    """The hosts-file address of ``name``: its IPv4 one unless IPv6 is preferred or alone."""
+    entry = hosts.get(name)
+    if entry is None:
+        return None
+    v4, v6 = entry
+    return (v6 or v4) if prefer_v6 else (v4 or v6)
+
+
+def search_names(name: str, absolute: bool, search: tuple[str, ...], ndots: int) -> tuple[str, ...]:
+    """The names to ask for ``name``: with the search domains, in ``resolv.conf`` order."""
+    if absolute or not search:
+        return (name,)
+    searched = tuple(f"{name}.{domain}" for domain in search)
+    if name.count(".") >= ndots:
+        return (name, *searched)
+    return (*searched, name)
 
 
 def parse_nameservers(value: str) -> list[tuple[str, int]]:

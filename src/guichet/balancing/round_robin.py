@@ -78,7 +78,8 @@ class RoundRobin:
         self._pointer = index
         peer = wheel[index]
         if peer.down_until or (tried and peer in tried):
-            peer = pick_usable(wheel[index:] + wheel[:index], tried, time.monotonic())
+            onwards = (wheel[(index + step) % size] for step in range(size))
+            peer = pick_usable(onwards, tried, time.monotonic())
         return peer.selection
 
     def acquired(self, peer: Peer) -> None:

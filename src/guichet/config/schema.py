@@ -267,6 +267,7 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
                "priority": (0,)},
     "upstreams": {"client_certificate": ()},
     "plugins": {"ordering": ({},), "consumer_group": ()},
+    "consumers": {"groups": ([],)},  # decK's consumer group membership
 }
 
 # Collections of Kong entities guichet does not implement (top level or nested).
@@ -279,6 +280,7 @@ UNSUPPORTED_COLLECTIONS: dict[str, str] = {
     "vaults": "vaults", "keys": "keys", "key_sets": "key sets",
     "workspaces": "workspaces", "parameters": "parameters",
     "filter_chains": "WebAssembly filter chains", "consumer_groups": "consumer groups",
+    "partials": "plugin partials",
 }
 # Services or upstreams nested in a certificate: Kong sets their client_certificate.
 CLIENT_CERTIFICATE_NESTING = ("services", "upstreams")

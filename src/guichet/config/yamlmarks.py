@@ -43,6 +43,7 @@ _BUILD = {
     _TAG + "str": lambda node: node.value,
     _TAG + "timestamp": lambda node: node.value,
 }
+_STR, _INT = _TAG + "str", _TAG + "int"
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
 
 Path = tuple[str | int, ...]
@@ -55,23 +56,26 @@ class Mark:
 
 
 class Marks:
-    """Where each value (and each mapping key) of a parsed document starts."""
+    """Where each value (and each mapping key) of a parsed document starts.
+
+    The tables hold PyYAML's own (0-based) marks, converted only when an issue needs one.
+    """
 
     __slots__ = ("values", "keys")
 
     def __init__(self) -> None:
-        self.values: dict[Path, Mark] = {}
-        self.keys: dict[Path, Mark] = {}
+        self.values: dict[Path, Any] = {}
+        self.keys: dict[Path, Any] = {}
 
     def locate(self, path: Path, *, key: bool = False) -> Mark | None:
         """The mark of ``path`` (of its key when ``key``), else of its nearest ancestor."""
-        if key and path in self.keys:
-            return self.keys[path]
-        while True:
-            mark = self.values.get(path)
-            if mark is not None or not path:
-                return mark
+        found = self.keys.get(path) if key else None
+        while found is None:
+            found = self.values.get(path)
+            if found is None and not path:
+                return None
             path = path[:-1]
+        return Mark(found.line + 1, found.column + 1)
 
 
 def format_path(path: Iterable[str | int]) -> str:
@@ -148,9 +152,12 @@ class _Builder:
                 self._error(node, path, "the document expands to too many values "
                                         "(are aliases nested into an alias bomb?)")
             return None
-        self.marks.values.setdefault(path, Mark(node.start_mark.line + 1,
-                                                node.start_mark.column + 1))
+        self.marks.values.setdefault(path, node.start_mark)
         if isinstance(node, ScalarNode):
+            if node.tag == _STR:
+                return node.value
+            if node.tag == _INT and node.value.isdigit() and node.value[0] != "0":
+                return int(node.value)
             build = _BUILD.get(node.tag)
             if build is None:
                 self._error(node, path, f"unsupported YAML tag '{node.tag}'")
@@ -195,8 +202,7 @@ class _Builder:
                                              f"{first})")
                 continue
             seen[key] = key_node
-            self.marks.keys.setdefault(child, Mark(key_node.start_mark.line + 1,
-                                                   key_node.start_mark.column + 1))
+            self.marks.keys.setdefault(child, key_node.start_mark)
             result[key] = self.build(value_node, child)
         for value_node, at in merged:
             for source in self._merge_sources(value_node, at):

@@ -57,7 +57,7 @@ class Exchange:
         "body_received", "snapshot", "match", "service", "path", "query", "tried",
         "upstream", "peer", "sent", "resp_status", "resp_headers", "resp_head_size",
         "resp_mode", "resp_started", "out", "deadline", "request_id", "upstream_host",
-        "started_at", "_lazy_headers", "interim", "set_cookie",
+        "started_at", "_lazy_headers", "interim", "set_cookie", "peer_held",
     )
 
     def __init__(self, client: "ClientProtocol") -> None:
@@ -103,6 +103,7 @@ class Exchange:
         self._lazy_headers: dict[str, str] | None = None
         self.interim = False
         self.set_cookie: tuple[str, str, str] | None = None
+        self.peer_held = False
 
     # ------------------------------------------------------------------ request body
     def body_chunk(self, data: bytes) -> None:
@@ -241,6 +242,9 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
+        if not self.peer_held:
+            self.peer_held = True
+            self.service.balancer.acquire(self.peer)  # type: ignore[union-attr]
         conn.exchange = self
         self.state = SENT
         self.sent = True
@@ -391,8 +395,15 @@ class Exchange:
             return
         self.client.start_tunnel(self, conn, rest)
 
+    def release_peer(self) -> None:
+        """End the in-flight count of the current target (least-connections)."""
+        if self.peer_held:
+            self.peer_held = False
+            self.service.balancer.release(self.peer)  # type: ignore[union-attr]
+
     def _finish_upstream(self, conn: UpstreamConnection, reuse: bool) -> None:
         self.upstream = None
+        self.release_peer()
         if reuse and not conn.closed:
             self.client.rt.pool.release(conn, self.client.rt.loop.time())
         else:
@@ -410,6 +421,7 @@ class Exchange:
     def upstream_protocol_error(self, reason: str) -> None:
         log.warning("upstream %s sent an invalid response: %s", self.peer and f"{self.peer.ip}:{self.peer.port}", reason)
         conn = self.upstream
+        self.release_peer()
         if conn is not None:
             self.upstream = None
             conn.close()
@@ -420,6 +432,7 @@ class Exchange:
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
+        self.release_peer()
         if self.state == DONE:
             return
         if self.resp_started:
@@ -452,6 +465,7 @@ class Exchange:
         return True
 
     def timed_out(self) -> None:
+        self.release_peer()
         conn = self.upstream
         if conn is not None:
             self.upstream = None

@@ -77,6 +77,7 @@ class ClientProtocol(asyncio.Protocol):
         self.tunnel = None
         self.ws_early: list[bytes] = []
         self.upgrading = False
+        self.to_dispatch: Exchange | None = None
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,6 +103,7 @@ class ClientProtocol(asyncio.Protocol):
         self.queue.clear()
         if ex is not None and ex.state != DONE:
             ex.state = DONE
+            ex.release_peer()
             conn = ex.upstream
             if conn is not None:
                 ex.upstream = None
@@ -134,6 +136,13 @@ class ClientProtocol(asyncio.Protocol):
         except Exception:  # a fault of ours: answer 500, never a traceback to the client
             log.exception("internal error while handling a request")
             self.fail(500, "An unexpected error occurred")
+        # Dispatch only once this packet is parsed: a request whose first body bytes are
+        # malformed in the same packet is refused before any byte of it went upstream.
+        ex = self.to_dispatch
+        if ex is not None:
+            self.to_dispatch = None
+            if ex.state == HEAD and not self.closed and self.active is ex:
+                self.dispatch(ex)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -186,8 +195,10 @@ class ClientProtocol(asyncio.Protocol):
             raise _Reject(431, "Request header fields too large")
         if H.BAD_VALUE(value):
             raise _Reject(400, "Bad request: invalid character in a header value")
-        lname = name.lower()
         ex = self.current
+        if ex.method:  # type: ignore[union-attr]
+            return  # a trailer field (after a chunked body): counted, checked, dropped
+        lname = name.lower()
         ex.headers.append((lname, name, value))  # type: ignore[union-attr]
         if lname in _SPECIAL:
             if lname == b"host":
@@ -241,10 +252,11 @@ class ClientProtocol(asyncio.Protocol):
             self.read_kind = R_BODY
             self.read_deadline = self.rt.loop.time() + self.rt.settings.client_body_timeout
         else:
+            ex.body_complete = True
             self.read_kind = R_NONE
         if self.active is None:
             self.active = ex
-            self.dispatch(ex)
+            self.to_dispatch = ex
         else:
             ex.state = QUEUED
             self.queue.append(ex)
@@ -260,6 +272,9 @@ class ClientProtocol(asyncio.Protocol):
         self.current = None
         if self.read_kind == R_BODY:
             self.read_kind = R_NONE
+        if self.active is None and not self.queue and not self.closed:
+            self.read_kind = R_IDLE
+            self.read_deadline = self.rt.loop.time() + self.rt.settings.keepalive_timeout
         if ex is not None:
             if ex.state == DONE:
                 ex.body_complete = True
@@ -383,26 +398,30 @@ class ClientProtocol(asyncio.Protocol):
         self.exchange_done(ex)
 
     def fail(self, status: int, message: str, ex: Exchange | None = None) -> None:
-        """A protocol error: answer it (when nothing else is being answered) and close."""
+        """A request is at fault (bad bytes, too large, too slow): refuse it and close.
+
+        ``ex`` is the exchange at fault, by default the one being parsed. When an earlier
+        request is still being answered, its answer finishes first, then the refusal.
+        """
         if self.closed:
             return
+        if ex is None:
+            ex = self.current
         active = self.active
-        if active is not None and active.state != DONE and (ex is None or ex is not active):
-            if active.resp_started or active.state >= SENT:
-                # Let the active answer finish, then refuse; stop reading now.
-                self.pending_error = (status, message)
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                return
-        if active is not None and active.resp_started:
-            self.abort()
-            return
         self.pending_error = (status, message)
-        if active is not None and active.upstream is not None:
-            conn = active.upstream
-            active.upstream = None
-            conn.close()
+        if active is not None and active is not ex and active.state != DONE:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         if active is not None:
+            if active.resp_started:
+                self.abort()
+                return
+            active.release_peer()
+            conn = active.upstream
+            if conn is not None:
+                active.upstream = None
+                conn.close()
             active.state = DONE
         self._write_pending_error_and_close()
 
@@ -419,6 +438,7 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.active
         if ex is not None:
             ex.state = DONE
+            ex.release_peer()
             if ex.upstream is not None:
                 conn = ex.upstream
                 ex.upstream = None
@@ -489,6 +509,7 @@ class ClientProtocol(asyncio.Protocol):
         lines.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\nVia: 1.1 guichet\r\n\r\n")
         assert self.transport is not None
         self.transport.write(b"".join(lines))
+        ex.release_peer()
         ex.state = DONE
         ex.upstream = None
         conn.exchange = None
@@ -520,8 +541,6 @@ class ClientProtocol(asyncio.Protocol):
                 self.closed = True
                 if self.transport is not None:
                     self.transport.close()
-            elif self.active is not None and self.active.resp_started:
-                self.abort()
             else:
                 self.fail(408, "Request timeout")
 

@@ -1,0 +1,207 @@
+"""Ids, uniqueness and references between entities, after every entity was walked.
+
+Ids. An ``id`` written in the file is used (lower-cased). A missing id is generated as
+Kong 3.x generates it in ``declarative_config.lua``:
+``uuid5(uuid5(fd02801f-0957-4a15-a55a-c8d9606f30b5, kind), key)`` where key is
+
+* services, routes, upstreams, SNIs: the name; consumers: the username;
+* targets: ``targets:*:<upstream id>:<target>`` and plugins:
+  ``plugins:*:<name>:<route id>:<service id>:<consumer id>`` (empty when unset).
+
+Kong puts the reference as written in the last two keys (an id when nested, the text of
+``service: name`` otherwise); guichet always puts the resolved id, so a nested and a flat
+file give the same ids, equal to Kong's for nested entities. Where Kong would draw a random
+id (certificates, entities without a name) guichet uses the entity's position instead
+(key ``#services[3]``), so reloading the same file always yields the same ids.
+
+Uniqueness (errors at the second occurrence): ids per kind; names of services, routes and
+upstreams; consumers' username and custom_id; SNI names across all certificates; plugin
+instance names; one plugin of a given name per (route, service, consumer) scope; one
+target per (upstream, host, port).
+
+References. ``service: x`` names the entity whose name (username for consumers) is x,
+else whose id is x; ``service: {id: <uuid>}`` names an id and ``service: {name: x}``
+(``{username: x}`` for consumers) a name: decK writes that form, Kong itself refuses it.
+Certificates have no name: only their id works. A reference to nothing is an error at the reference. An entity nested
+in another refers to it implicitly; writing the reference anyway is accepted only when it
+names that same enclosing entity.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from guichet.config import rules
+from guichet.config.report import Reporter
+from guichet.config.schema import KINDS
+from guichet.config.walker import Item
+from guichet.config.yamlmarks import format_path
+
+KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
+_NAMESPACES: dict[str, uuid.UUID] = {}
+
+
+def entity_uuid(kind: str, key: str) -> str:
+    """Kong's deterministic id for an entity of ``kind`` identified by ``key``."""
+    namespace = _NAMESPACES.get(kind)
+    if namespace is None:
+        namespace = _NAMESPACES[kind] = uuid.uuid5(KONG_NAMESPACE, kind)
+    return str(uuid.uuid5(namespace, key))
+
+
+def link(items: list[Item], report: Reporter) -> None:
+    """Give every item an id, check uniqueness, resolve references into ``item.resolved``."""
+    indexes = {kind: _Index() for kind in KINDS}
+    uniques: dict[tuple[str, str], dict[str, Item]] = {}
+    referenced = [i for i in items if i.kind not in _REFERENCE_KEYED]
+    for item in referenced:
+        item.id = _explicit_id(item) or _named_id(item)
+        _index(item, indexes[item.kind], uniques, report)
+    for item in items:
+        _resolve(item, indexes, report)
+    for item in items:
+        if item.kind in _REFERENCE_KEYED:
+            item.id = _explicit_id(item) or _reference_keyed_id(item)
+            _index(item, indexes[item.kind], uniques, report)
+    _check_scopes(items, report)
+
+
+# Kinds whose generated id derives from their references (Kong's cache_key); nothing
+# refers to them, so their ids can wait until every reference is resolved.
+_REFERENCE_KEYED = {"targets": ("upstream",), "plugins": ("route", "service", "consumer")}
+
+
+def _explicit_id(item: Item) -> str | None:
+    value = item.raw.get("id")
+    if isinstance(value, str):
+        try:
+            return rules.check_uuid(value)
+        except ValueError:
+            return None  # reported by the model
+    return None
+
+
+def _named_id(item: Item) -> str:
+    endpoint = KINDS[item.kind].endpoint_key
+    name = item.raw.get(endpoint) if endpoint else None
+    if isinstance(name, str) and name:
+        return entity_uuid(item.kind, name)
+    return entity_uuid(item.kind, "#" + format_path(item.path))
+
+
+def _reference_keyed_id(item: Item) -> str:
+    refs = [item.resolved.get(name) or "" for name in _REFERENCE_KEYED[item.kind]]
+    if item.kind == "targets":
+        parts = ["targets", "*", *refs, str(item.raw.get("target"))]
+    else:
+        parts = ["plugins", "*", str(item.raw.get("name")), *refs]
+    return entity_uuid(item.kind, ":".join(parts))
+
+
+class _Index:
+    def __init__(self) -> None:
+        self.by_id: dict[str, Item] = {}
+        self.by_key: dict[str, Item] = {}
+
+
+def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, Item]],
+           report: Reporter) -> None:
+    kind = KINDS[item.kind]
+    unique_fields = [kind.endpoint_key] if kind.endpoint_key else []
+    if item.kind == "consumers":
+        unique_fields.append("custom_id")
+    failed = False
+    for name in unique_fields:
+        value = item.raw.get(name)
+        if not isinstance(value, str):
+            continue
+        seen = uniques.setdefault((item.kind, name), {})
+        if value in seen:
+            report.add(item.path + (name,), f"uniqueness violation: '{item.kind}' entity "
+                       f"with {name} set to '{value}' already declared"
+                       f"{_first(seen[value], report)}")
+            failed = True
+        else:
+            seen[value] = item
+            if name == kind.endpoint_key:
+                index.by_key[value] = item
+    assert item.id is not None
+    if item.id not in index.by_id:
+        index.by_id[item.id] = item
+    elif not failed:
+        report.add(item.path + (("id",) if "id" in item.raw else ()),
+                   f"uniqueness violation: '{item.kind}' entity with primary key set to "
+                   f"'{item.id}' already declared{_first(index.by_id[item.id], report)}")
+
+
+def _first(item: Item, report: Reporter) -> str:
+    mark = report.marks.locate(item.path)
+    return f" (first at line {mark.line})" if mark else ""
+
+
+_REQUIRED_REFERENCE = {"targets": "upstream", "snis": "certificate"}
+
+
+def _resolve(item: Item, indexes: dict[str, _Index], report: Reporter) -> None:
+    refs = KINDS[item.kind].references
+    for name in refs:
+        item.resolved[name] = None
+    if item.parent is not None:
+        item.resolved[item.parent_field] = item.parent.id  # type: ignore[index]
+    elif item.kind in _REQUIRED_REFERENCE and _REQUIRED_REFERENCE[item.kind] not in item.refs:
+        report.add(item.path + (_REQUIRED_REFERENCE[item.kind],), "required field missing")
+    for name, (value, path) in item.refs.items():
+        target_kind = refs[name]
+        index = indexes[target_kind]
+        key_field = KINDS[target_kind].endpoint_key
+        if isinstance(value, str) and value:
+            found = index.by_key.get(value) or index.by_id.get(value.lower())
+        elif _reference_mapping(value, "id"):
+            found = index.by_id.get(value["id"].lower())
+        elif key_field and _reference_mapping(value, key_field):
+            found = index.by_key.get(value[key_field])
+        else:
+            forms = "{id: <uuid>}" + (f" or {{{key_field}: <{key_field}>}}" if key_field else "")
+            report.add(path, f"a reference is a name or an id, or a mapping {forms}")
+            continue
+        if found is None:
+            shown = value if isinstance(value, str) else "{%s: %s}" % next(iter(value.items()))
+            report.add(path, f"invalid reference '{name}: {shown}' (no such entry in "
+                             f"'{target_kind}')")
+            continue
+        if name == item.parent_field and found is not item.parent:
+            report.add(path, f"'{name}' must be omitted inside {item.parent.kind} "  # type: ignore[union-attr]
+                             f"(it is implied) or name the enclosing one")
+            continue
+        item.resolved[name] = found.id
+
+
+def _reference_mapping(value: Any, key: str) -> bool:
+    return (isinstance(value, dict) and len(value) == 1 and isinstance(value.get(key), str)
+            and bool(value[key]))
+
+
+def _check_scopes(items: list[Item], report: Reporter) -> None:
+    plugins: dict[tuple[Any, ...], Item] = {}
+    targets: dict[tuple[Any, ...], Item] = {}
+    for item in items:
+        if item.model is None:
+            continue
+        if item.kind == "plugins":
+            r = item.resolved
+            scope = (item.raw["name"], r["route"], r["service"], r["consumer"])
+            if scope in plugins:
+                report.add(item.path + ("name",), f"plugin '{scope[0]}' is already configured "
+                           "for this same route, service and consumer"
+                           f"{_first(plugins[scope], report)}")
+            else:
+                plugins[scope] = item
+        elif item.kind == "targets":
+            parsed = rules.parse_host(item.raw["target"])
+            scope = (item.resolved["upstream"], parsed.host.lower(), parsed.port or 8000)
+            if scope in targets:
+                report.add(item.path + ("target",), f"target '{item.raw['target']}' is "
+                           f"already declared for this upstream{_first(targets[scope], report)}")
+            else:
+                targets[scope] = item
