@@ -417,7 +417,9 @@ def main(argv=None) -> int:
     print_report(report)
     print(f"\ntotal time {report['elapsed_s']}s")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
     if args.check and not all(c["ratio_vs_nginx"]["meets_targets"] for c in report["configs"]):
         return 1
     return 0

@@ -51,9 +51,9 @@ def _run(args: argparse.Namespace) -> int:
     from guichet.settings import load_settings
 
     listen = args.listen
-    if listen and args.cert:
-        # --cert/--key make the listeners given on the command line HTTPS ones.
-        listen = [item if " ssl" in item else f"{item} ssl" for item in listen]
+    if listen and args.cert and not any(_is_tls(item) for item in listen):
+        # --cert/--key with no listener marked: the listeners given are HTTPS ones.
+        listen = [f"{item} ssl" for item in listen]
     overrides = {
         "listen": tuple(listen) if listen else None,
         "admin_listen": args.admin_listen,
@@ -77,6 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"guichet: {exc}", file=sys.stderr)
         return 1
+
+
+def _is_tls(listener: str) -> bool:
+    return listener.startswith("https://") or "ssl" in listener.split()[1:]
 
 
 def _check(args: argparse.Namespace) -> int:

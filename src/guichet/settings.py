@@ -73,6 +73,7 @@ class Settings(BaseModel):
     dns_min_ttl: float = Field(1.0, ge=0)
     dns_stale_ttl: float = Field(3600.0, ge=0)
     dns_error_ttl: float = Field(1.0, ge=0)
+    dns_not_found_ttl: float = Field(30.0, ge=0)
 
     @field_validator("trusted_ips")
     @classmethod
@@ -85,7 +86,10 @@ class Settings(BaseModel):
     @classmethod
     def _listen(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            parse_hostport(item)
+            address = item.split()[0] if item.split() else item
+            for scheme in ("http://", "https://"):
+                address = address.removeprefix(scheme)
+            parse_hostport(address)
         return value
 
     @field_validator("admin_listen")

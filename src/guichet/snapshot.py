@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from guichet.balancer import Balancer, build_balancer
+from guichet.balancer import Balancer, build_balancers
 from guichet.config.model import Config, Service
 from guichet.dns import Resolver
 from guichet.router import RouteTable, upstream_path
@@ -86,27 +86,29 @@ class Snapshot:
         self._closed = False
 
     async def start(self) -> None:
-        for svc in self.services.values():
-            await svc.balancer.start()
+        for balancer in {id(s.balancer): s.balancer for s in self.services.values()}.values():
+            await balancer.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for svc in self.services.values():
-            await svc.balancer.close()
+        for balancer in {id(s.balancer): s.balancer for s in self.services.values()}.values():
+            await balancer.close()
         self.services = {}
 
 
 def compile_snapshot(config: Config, resolver: Resolver) -> Snapshot:
     upstreams = {u.name: u for u in config.upstreams}
     services: dict[str, CompiledService] = {}
-    for service in config.services:
-        if not service.enabled:
-            continue
-        balancer = build_balancer(service, upstreams, resolver)
+    enabled = [s for s in config.services if s.enabled]
+    # Services naming the same upstream share one balancer (Kong), so least-connections
+    # counts are per upstream.
+    balancers = build_balancers(enabled, upstreams, resolver)
+    for service in enabled:
         upstream = upstreams.get(service.host)
-        services[service.id] = CompiledService(service, balancer, upstream.host_header if upstream else None)
+        services[service.id] = CompiledService(service, balancers[service.id],
+                                               upstream.host_header if upstream else None)
     # Routes of a disabled service are not matched (Kong).
     router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
     return Snapshot(config, router, services)

@@ -81,6 +81,8 @@ def normalize_path(raw_path: str) -> str:
 
 def split_target(target: bytes) -> tuple[str, str]:
     """``(path, query)`` of a request-target (forms and checks in the module docstring)."""
+    if _BAD_TARGET_BYTE(target) is not None:
+        raise BadRequest("Bad request: invalid request target")
     if target[:1] != b"/":
         if target == b"*":
             return "*", ""
@@ -90,8 +92,6 @@ def split_target(target: bytes) -> tuple[str, str]:
         target = target[m.end():]
         if target[:1] != b"/":
             target = b"/" + target
-    if _BAD_TARGET_BYTE(target) is not None:
-        raise BadRequest("Bad request: invalid request target")
     if not target.isascii():
         target = _HIGH_BYTE.sub(_escape_byte, target)
     text = target.decode("ascii")

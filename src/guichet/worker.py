@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 from guichet.config.loader import load_config_text
+from guichet.balancing.dns_files import parse_nameservers
 from guichet.dns import Resolver
 from guichet.errors import ConfigError
 from guichet.server.headers import TrustedNetworks
@@ -129,12 +130,13 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
                 stats: Any, index: int) -> None:
     loop = asyncio.get_running_loop()
     resolver = Resolver(
-        nameservers=[parse_hostport(n if ":" in n else n + ":53") for n in settings.dns_resolver] or None,
+        nameservers=parse_nameservers(",".join(settings.dns_resolver)) if settings.dns_resolver else None,
         hostsfile=settings.dns_hostsfile or None,
         order=tuple(settings.dns_order),
         min_ttl=settings.dns_min_ttl,
         stale_ttl=settings.dns_stale_ttl,
         error_ttl=settings.dns_error_ttl,
+        not_found_ttl=settings.dns_not_found_ttl,
     )
     config = load_config_text(config_text, source)
     snapshot = compile_snapshot(config, resolver)
@@ -207,10 +209,16 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
 
 
 def _parse_listener(item: str) -> tuple[str, int, bool]:
-    """``HOST:PORT`` or ``HOST:PORT ssl`` (Kong's ``proxy_listen`` flag)."""
+    """``HOST:PORT``, ``HOST:PORT ssl`` (Kong's ``proxy_listen`` flag) or ``https://HOST:PORT``."""
     parts = item.split()
-    host, port = parse_hostport(parts[0])
-    return host, port, "ssl" in parts[1:]
+    address = parts[0]
+    tls = "ssl" in parts[1:]
+    for scheme in ("http://", "https://"):
+        if address.startswith(scheme):
+            address = address[len(scheme):]
+            tls = tls or scheme == "https://"
+    host, port = parse_hostport(address)
+    return host, port, tls
 
 
 def worker_main(settings: Settings, config_text: str, source: str, control: Any, stats: Any,

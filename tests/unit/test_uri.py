@@ -93,6 +93,7 @@ def test_split_target(target, expected):
 @pytest.mark.parametrize("target", [
     b"", b"p", b"example.com:443", b"ftp://h/p", b"http://user@h/p", b"http:/h/p",
     b"/a#frag", b"/a?b#frag", b"/a b", b"/a\x00", b"/a\tb", b"/a?\x7f", b"**",
+    b"http://a b/p", b"http://h#x/p", b"http://h\r\n/p",
 ])
 def test_split_target_rejects(target):
     with pytest.raises(BadRequest):

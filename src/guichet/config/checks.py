@@ -6,8 +6,8 @@ empty list means the entity is consistent. The rules:
 * service: ``tls_verify`` only with protocol https or wss.
 * route: protocols are either within {http, https} or within {ws, wss}; ``snis`` only when
   the protocols contain https or wss; at least one of methods, hosts, headers, paths (plus
-  snis for https/wss) is set and non-empty; header names are unique once lower-cased, each
-  has at least one value, and ``~*`` values are regexes that compile.
+  snis for https/wss) is set and non-empty; header names are unique once lower-cased and
+  never ``Host``, each has at least one value, and ``~*`` values are regexes that compile.
 * upstream: Kong's ``hash_on``/``algorithm`` shorthand (see ``upstream_algorithm``), then
   the hash rules: the ``*_header``/``*_cookie``/``*_query_arg``/``*_uri_capture`` field a
   hash source needs is present, ``hash_fallback`` is ``none`` when ``hash_on`` is ``none``
@@ -92,6 +92,9 @@ def check_route(route: schema.Route) -> Problems:
     seen: dict[str, str] = {}
     for name, values in route.headers.items():
         lowered = name.lower()
+        if lowered == "host":
+            problems.append((("headers", name), "cannot contain 'host' header, which must be "
+                                                "specified in the 'hosts' attribute"))
         if lowered in seen:
             problems.append((("headers", name), f"header '{name}' is also given as "
                                                 f"'{seen[lowered]}' (names are case-insensitive)"))

@@ -22,7 +22,8 @@ target per (upstream, host, port).
 References. ``service: x`` names the entity whose name (username for consumers) is x,
 else whose id is x; ``service: {id: <uuid>}`` names an id and ``service: {name: x}``
 (``{username: x}`` for consumers) a name: decK writes that form, Kong itself refuses it.
-Certificates have no name: only their id works. A reference to nothing is an error at the reference. An entity nested
+Certificates have no name: only their id works. A reference to nothing is an error at
+the reference. An entity nested
 in another refers to it implicitly; writing the reference anyway is accepted only when it
 names that same enclosing entity.
 """
@@ -62,8 +63,10 @@ def link(items: list[Item], report: Reporter) -> None:
         _resolve(item, indexes, report)
     for item in items:
         if item.kind in _REFERENCE_KEYED:
-            item.id = _explicit_id(item) or _reference_keyed_id(item)
-            _index(item, indexes[item.kind], uniques, report)
+            explicit = _explicit_id(item)
+            item.id = explicit or _reference_keyed_id(item)
+            # a generated id repeats only when the scope repeats: _check_scopes says so
+            _index(item, indexes[item.kind], uniques, report, report_id=bool(explicit))
     _check_scopes(items, report)
 
 
@@ -106,7 +109,7 @@ class _Index:
 
 
 def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, Item]],
-           report: Reporter) -> None:
+           report: Reporter, *, report_id: bool = True) -> None:
     kind = KINDS[item.kind]
     unique_fields = [kind.endpoint_key] if kind.endpoint_key else []
     if item.kind == "consumers":
@@ -129,7 +132,7 @@ def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, I
     assert item.id is not None
     if item.id not in index.by_id:
         index.by_id[item.id] = item
-    elif not failed:
+    elif report_id and not failed:
         report.add(item.path + (("id",) if "id" in item.raw else ()),
                    f"uniqueness violation: '{item.kind}' entity with primary key set to "
                    f"'{item.id}' already declared{_first(index.by_id[item.id], report)}")
@@ -170,8 +173,8 @@ def _resolve(item: Item, indexes: dict[str, _Index], report: Reporter) -> None:
             report.add(path, f"invalid reference '{name}: {shown}' (no such entry in "
                              f"'{target_kind}')")
             continue
-        if name == item.parent_field and found is not item.parent:
-            report.add(path, f"'{name}' must be omitted inside {item.parent.kind} "  # type: ignore[union-attr]
+        if item.parent is not None and name == item.parent_field and found is not item.parent:
+            report.add(path, f"'{name}' must be omitted inside {item.parent.kind} "
                              f"(it is implied) or name the enclosing one")
             continue
         item.resolved[name] = found.id

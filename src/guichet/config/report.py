@@ -49,13 +49,17 @@ class Reporter:
     def add_validation_error(self, base: Path, error: ValidationError,
                              relocate: Any = None) -> None:
         """Report each pydantic error under ``base``; ``relocate(loc, message)`` may
-        return a different (loc, message) for errors that belong elsewhere."""
+        return a different (loc, message) for errors that belong elsewhere, or None for
+        errors already reported another way."""
         for detail in error.errors(include_url=False, include_input=False):
             loc = tuple(p for p in detail["loc"] if p != "[key]")
             at_key = detail["type"] in _KEY_LOCATED or "[key]" in detail["loc"]
             message = pydantic_message(detail)
             if relocate is not None:
-                loc, message = relocate(loc, message)
+                moved = relocate(loc, message)
+                if moved is None:
+                    continue
+                loc, message = moved
             self.add(base + loc, message, at_key=at_key)
 
     def sorted(self) -> list[ConfigIssue]:

@@ -152,7 +152,8 @@ def check_target(target: str) -> str:
     try:
         parse_host(target)
     except ValueError:
-        raise ValueError(f"Invalid target ('{target}'); not a valid hostname or ip address") from None
+        raise ValueError(f"Invalid target ('{target}'); not a valid hostname or ip "
+                         "address") from None
     return target
 
 

@@ -101,9 +101,8 @@ class Walker:
             elif not self._refused(kind, key, value, key_path) and value is not None:
                 fields[key] = _drop_nulls(value) if key in _NESTED_RECORDS else value
         url_used = kind.name == "services" and "url" in fields
-        if url_used:
-            fields = self._expand_url(fields, path)
-        item.model = self._validate(kind, fields, path, url_used, sugar)
+        url_failed = url_used and not self._expand_url(fields, path)
+        item.model = self._validate(kind, fields, path, url_used, url_failed, sugar)
         if kind.name == "plugins":
             self._plugin(item)
         if kind.name == "routes":
@@ -136,26 +135,30 @@ class Walker:
             return True
         return False
 
-    def _expand_url(self, fields: dict[str, Any], path: Path) -> dict[str, Any]:
+    def _expand_url(self, fields: dict[str, Any], path: Path) -> bool:
+        """Replace ``url`` by the fields it stands for; False (reported) when it cannot."""
         url = fields.pop("url")
         clash = [name for name in _URL_FIELDS if name in fields]
         if clash:
             self.report.add(path + ("url",), "'url' cannot be combined with " +
                             ", ".join(f"'{name}'" for name in clash), at_key=True)
-            return fields
+            return False
         if not isinstance(url, str):
             self.report.add(path + ("url",), "expected a string")
-            return fields
+            return False
         try:
             fields.update(checks.parse_service_url(url))
         except ValueError as exc:
             self.report.add(path + ("url",), str(exc))
-        return fields
+            return False
+        return True
 
     def _validate(self, kind: schema.Kind, fields: dict[str, Any], path: Path,
-                  url_used: bool, sugar: bool) -> schema.Entity | None:
-        def relocate(loc: Path, message: str) -> tuple[Path, str]:
+                  url_used: bool, url_failed: bool, sugar: bool) -> schema.Entity | None:
+        def relocate(loc: Path, message: str) -> tuple[Path, str] | None:
             if url_used and loc and loc[0] in _URL_FIELDS:
+                if url_failed:
+                    return None  # the url itself was reported
                 return ("url",), f"{loc[0]} from url: {message}"
             if sugar and loc == ("name",):
                 return (), message
@@ -169,7 +172,7 @@ class Walker:
         check = _CHECKS.get(kind.name)
         problems = check(model) if check else []
         for loc, message in problems:
-            self.report.add(path + relocate(loc, message)[0], message)
+            self.report.add(path + loc, message)
         return None if problems else model
 
     def _plugin(self, item: Item) -> None:

@@ -130,8 +130,10 @@ class Exchange:
     def body_done(self) -> None:
         self.body_complete = True
         up = self.upstream
-        if self.chunked and up is not None and self.state >= SENT and up.transport is not None:
-            up.transport.write(b"0\r\n\r\n")
+        if up is not None and self.state >= SENT:
+            self.upstream_activity()
+            if self.chunked and up.transport is not None:
+                up.transport.write(b"0\r\n\r\n")
 
     def _frame(self, data: bytes) -> bytes:
         if self.chunked:
@@ -349,7 +351,7 @@ class Exchange:
         if self.set_cookie is not None:
             # consistent-hashing on a cookie the client did not have yet (Kong does this)
             name, value, path = self.set_cookie
-            via_header += f"Set-Cookie: {name}={value}; Path={path}; SameSite=Lax; HttpOnly\r\n".encode("latin-1")
+            via_header += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
         self.out.append(status_line(status) + b"".join(out_headers) + framing + via_header + conn_header + b"\r\n")
         self.resp_started = True
         self.state = RESPONDING

@@ -531,7 +531,8 @@ class ClientProtocol(asyncio.Protocol):
             self.tunnel.check_timeout(now)
             return
         ex = self.active
-        if ex is not None and ex.state in (SENT, RESPONDING) and ex.deadline and now > ex.deadline:
+        # The upstream read timeout runs once the request is wholly sent (nginx's rule).
+        if ex is not None and ex.state in (SENT, RESPONDING) and ex.body_complete and now > ex.deadline:
             if not (ex.state == RESPONDING and self.write_paused):
                 ex.timed_out()
                 return
