@@ -3,12 +3,14 @@
 One gateway serves the module with 1 s client timeouts and a 1024-byte body limit. Its
 services: ``/main`` (upstream u1), ``/slow`` (read_timeout 300 ms), ``/refused`` (a closed
 port), ``/empty`` (an upstream without targets), ``/pair`` (targets: a closed port and u1)
-and ``/resetpair`` (targets u1 and u2, retries 2). Nothing routes ``/``.
+``/resetpair`` (targets u1 and u2, retries 2) and ``/blackhole`` (a port that never completes
+a connection; connect_timeout 300 ms). Nothing routes ``/``.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -26,7 +28,28 @@ def closed() -> int:
 
 
 @pytest.fixture(scope="module")
-def gw(module_gateway_factory, upstream_servers, closed):
+def blackhole():
+    """A port whose accept queue is full, so a new connection attempt hangs (SYN dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    yield port
+    for sock in fillers + [listener]:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway_factory, upstream_servers, closed, blackhole):
     u1, u2 = upstream_servers
     config = declarative(
         services=[
@@ -36,6 +59,9 @@ def gw(module_gateway_factory, upstream_servers, closed):
              "routes": [{"name": "slow", "paths": ["/slow"], "strip_path": False}]},
             {"name": "refused", "url": f"http://127.0.0.1:{closed}", "retries": 0,
              "routes": [{"name": "refused", "paths": ["/refused"]}]},
+            {"name": "blackhole", "url": f"http://127.0.0.1:{blackhole}", "retries": 0,
+             "connect_timeout": 300,
+             "routes": [{"name": "blackhole", "paths": ["/blackhole"]}]},
             {"name": "empty", "host": "empty.upstream", "port": 80, "protocol": "http",
              "routes": [{"name": "empty", "paths": ["/empty"]}]},
             {"name": "pair", "host": "pair.upstream", "port": 80, "protocol": "http",
@@ -139,6 +165,13 @@ def test_upstream_read_timeout_is_504(gw, upstream, http):
     assert time.monotonic() - started < 1.8
 
 
+def test_upstream_connect_timeout_is_504(gw, http):
+    started = time.monotonic()
+    response = http.get(gw.url + "/blackhole/echo")
+    assert response.status_code == 504
+    assert time.monotonic() - started < 1.5
+
+
 # ---- §10 upstream failures -----------------------------------------------------------------
 def test_connection_refused_is_502(gw, http):
     assert http.get(gw.url + "/refused/echo").status_code == 502
@@ -179,6 +212,20 @@ def test_get_retries_stay_within_the_configured_count(gw, upstream, upstream2, h
     time.sleep(0.3)
     seen = upstream.requests_to("reset") + upstream2.requests_to("reset")
     assert 1 <= len(seen) <= 1 + RETRIES
+
+
+def test_no_retry_once_response_bytes_were_relayed(gw, upstream, upstream2):
+    result = exchange(gw.port, b"GET /resetpair/truncated HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+                      timeout=3)
+    time.sleep(0.3)
+    seen = upstream.requests_to("truncated") + upstream2.requests_to("truncated")
+    assert result.closed, "a truncated upstream answer left the client connection open"
+    if result.data.startswith(b"HTTP/1.1 200"):
+        assert len(seen) == 1, "retried after relaying part of a response"
+        assert result.responses == [], "a truncated body was presented as complete"
+    else:
+        assert result.response.status == 502
+        assert 1 <= len(seen) <= 1 + RETRIES
 
 
 # ---- §12 error bodies ----------------------------------------------------------------------

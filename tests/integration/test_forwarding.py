@@ -94,6 +94,18 @@ def test_hop_by_hop_response_headers_removed(gw, upstream):
     assert response.header("x-keep") == "yes"
 
 
+def test_upgrade_outside_a_websocket_handshake_not_forwarded(gw, upstream):
+    request = (b"GET /echo HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade\r\n"
+               b"Upgrade: websocket\r\n\r\n")  # no Sec-WebSocket-Key / Version
+    with RawConnection(gw.port) as conn:
+        conn.send(request)
+        response = conn.read_response()
+    assert response.status in (200, 400)
+    for received in upstream.requests:
+        assert "upgrade" not in received.header_names()
+        assert all("upgrade" not in v.lower() for v in received.header_values("connection"))
+
+
 # ---- §8 forwarded identity -------------------------------------------------------------
 def forwarded_request(port: int, host: str = "client.example") -> dict[str, list[str]]:
     lines = [f"GET /echo?x=1 HTTP/1.1", f"Host: {host}", "X-Forwarded-For: 10.1.1.1"]

@@ -133,6 +133,24 @@ def test_header_section_within_limits_is_served(gw, upstream, headers):
     assert received.header(headers[-1].split(b":")[0].decode()) is not None
 
 
+def test_limits_follow_the_settings(gateway_factory, upstream):
+    gw = gateway_factory(declarative(services=[
+        {"name": "default", "url": upstream.url,
+         "routes": [{"name": "catch-all", "paths": ["/"], "strip_path": False}]}]),
+        env={"GUICHET_MAX_REQUEST_LINE": "1024", "GUICHET_MAX_HEADERS": "20",
+             "GUICHET_MAX_HEADER_SIZE": "4096"})
+    line = b"GET /echo?q=" + b"a" * 1100 + b" HTTP/1.1\r\nHost: gw.test\r\n\r\n"
+    assert exchange(gw.port, line).response.status == 414
+    fields = b"".join(b"X-F-%d: v\r\n" % i for i in range(25))
+    assert exchange(gw.port, GET + fields + b"\r\n").response.status == 431
+    big = b"X-Big: " + b"b" * 5000 + b"\r\n"
+    assert exchange(gw.port, GET + big + b"\r\n").response.status == 431
+    with RawConnection(gw.port) as conn:
+        conn.send(GET + b"".join(b"X-F-%d: v\r\n" % i for i in range(10)) + b"\r\n")
+        assert conn.read_response().status == 200
+    assert len(upstream.requests) == 1, "a refused request reached the upstream"
+
+
 # ---- §2 body limit and streaming -----------------------------------------------------------
 def test_body_over_limit_with_content_length_refused_before_forwarding(gw, upstream):
     with RawConnection(gw.port) as conn:
@@ -264,6 +282,9 @@ def test_absolute_form_host_does_not_escape_routing(gw, upstream, upstream2):
         assert result.response.header("x-upstream-id") in ("u1", "u2")
         for request in upstream.requests + upstream2.requests:
             assert "evil.example" not in request.target
+            forwarded_path = request.header("x-forwarded-path")
+            assert forwarded_path is None or forwarded_path.startswith("/"), \
+                f"X-Forwarded-Path is {forwarded_path!r}"
 
 
 @pytest.mark.parametrize("request_bytes", [

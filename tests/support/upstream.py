@@ -20,7 +20,8 @@ of them does not matter; any other path is ``/echo``:
 - ``/bad-status-line``, ``/cl-and-te`` (Content-Length and Transfer-Encoding together),
   ``/huge-header`` (a 256 KiB header): a broken answer, then the connection stays open, so a
   gateway that reuses it is seen (its next request lands on the same connection id);
-- ``/close-before-response`` (FIN without an answer), ``/reset`` (RST via SO_LINGER 0).
+- ``/close-before-response`` (FIN without an answer), ``/reset`` (RST via SO_LINGER 0),
+  ``/truncated`` (a head announcing 1000 bytes, 100 of them, then RST).
 
 Keep-alive is honoured (HTTP/1.1 unless ``Connection: close``). Every normal answer carries
 ``X-Upstream-Id``. ``pattern_bytes(n)`` and ``pattern_sha256(n)`` give the bytes that
@@ -46,8 +47,9 @@ RECORD_CAP = 1 << 20  # bytes kept per connection and per request body
 _BLOCK = random.Random(20240601).randbytes(1 << 16)
 _ENDPOINT = re.compile(
     r"(?:^|/)(?:(status|delay|bytes|chunked)/(\d+)|(bad-status-line|cl-and-te|huge-header|"
-    r"close-before-response|reset|response-headers))/?$"
+    r"close-before-response|reset|truncated|response-headers))/?$"
 )
+_HEX = re.compile(rb"[0-9a-fA-F]+")
 _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 304: "Not Modified",
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -375,10 +377,10 @@ class UpstreamServer:
             while True:
                 line = await stream.until(b"\r\n", 4096)
                 request.chunk_lines.append(line)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise _BadRequest("chunk size") from None
+                size_text = line.split(b";")[0].strip()
+                if not _HEX.fullmatch(size_text) or len(size_text) > 15:
+                    raise _BadRequest("chunk size")
+                size = int(size_text, 16)
                 if size == 0:
                     break
                 while size:
@@ -394,10 +396,10 @@ class UpstreamServer:
                 name, _, value = line[:-2].partition(b":")
                 request.trailers.append((name, value.strip()))
         elif request.header("content-length") is not None:
-            try:
-                left = int(request.header("content-length"))
-            except ValueError:
-                raise _BadRequest("content-length") from None
+            length_text = request.header("content-length")
+            if not length_text.isdigit() or not length_text.isascii():
+                raise _BadRequest("content-length")
+            left = int(length_text)
             while left:
                 data = await stream.some(left)
                 take(data)
@@ -449,7 +451,11 @@ class UpstreamServer:
             return True
         if kind == "close-before-response":
             return False
-        if kind == "reset":
+        if kind == "truncated":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"t" * 100)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        if kind in ("reset", "truncated"):
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()

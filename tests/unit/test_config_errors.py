@@ -134,6 +134,12 @@ def test_unsupported_protocols():
     ("_workspace: default",
      "_workspace: '_workspace' belongs to decK's file format, not to Kong's declarative "
      "configuration (Kong refuses it too)"),
+    ("certificates:\n- cert: c\n  key: k\n  services: [{host: h}]",
+     "certificates[0].services: 'services' (services using this certificate as "
+     "client_certificate) is not supported by guichet yet"),
+    ("services:\n- host: h\n  filter_chains: [{filters: []}]",
+     "services[0].filter_chains: 'filter_chains' (WebAssembly filter chains) is not "
+     "supported by guichet yet"),
     ("upstreams:\n- name: u\n  healthchecks: {active: {type: grpc}}",
      "upstreams[0].healthchecks.active.type: health check type 'grpc' is not supported by "
      "guichet yet"),

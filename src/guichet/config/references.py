@@ -23,9 +23,8 @@ References. ``service: x`` names the entity whose name (username for consumers) 
 else whose id is x; ``service: {id: <uuid>}`` names an id and ``service: {name: x}``
 (``{username: x}`` for consumers) a name: decK writes that form, Kong itself refuses it.
 Certificates have no name: only their id works. A reference to nothing is an error at
-the reference. An entity nested
-in another refers to it implicitly; writing the reference anyway is accepted only when it
-names that same enclosing entity.
+the reference. An entity nested in another refers to it implicitly; writing the reference
+anyway is accepted only when it names that same enclosing entity.
 """
 
 from __future__ import annotations
@@ -150,8 +149,9 @@ def _resolve(item: Item, indexes: dict[str, _Index], report: Reporter) -> None:
     refs = KINDS[item.kind].references
     for name in refs:
         item.resolved[name] = None
-    if item.parent is not None:
-        item.resolved[item.parent_field] = item.parent.id  # type: ignore[index]
+    parent_field = item.parent_field
+    if item.parent is not None and parent_field is not None:
+        item.resolved[parent_field] = item.parent.id
     elif item.kind in _REQUIRED_REFERENCE and _REQUIRED_REFERENCE[item.kind] not in item.refs:
         report.add(item.path + (_REQUIRED_REFERENCE[item.kind],), "required field missing")
     for name, (value, path) in item.refs.items():

@@ -57,9 +57,7 @@ class Item:
     @property
     def parent_field(self) -> str | None:
         """The reference field that nesting under ``parent`` implies (``service``)."""
-        if self.parent is None:
-            return None
-        return self.parent.kind[:-1]
+        return None if self.parent is None else self.parent.kind[:-1]
 
 
 class Walker:
@@ -185,9 +183,9 @@ class Walker:
                             f"plugin '{name}' is not implemented by guichet yet")
             item.model = None
             return
-        if item.model is None:
+        if not isinstance(item.model, schema.Plugin):
             return
-        config = item.model.config or {}  # type: ignore[attr-defined]
+        config = item.model.config or {}
         defaulted, problems = plugin_schema.validate(config)
         for sub_path, message in problems:
             self.report.add(item.path + ("config",) + parse_path(sub_path), message)

@@ -16,6 +16,9 @@ key starts, keyed by its path (``("services", 0, "routes", 1, "paths", 0)``). Ru
   than ``100_000 + len(text)`` values (an alias bomb), is an error.
 * An empty document, more than one document (``---`` twice) and YAML syntax errors are
   errors with the line of the problem.
+* JSON is YAML, except that JSON allows tab indentation: in a document that starts with
+  ``{`` tabs are read as spaces (a JSON string cannot hold a raw tab), whichever YAML
+  composer, C or Python, is installed.
 
 Every problem becomes a ``ConfigIssue``; parsing never raises for bad input.
 """
@@ -105,6 +108,8 @@ class ParsedYaml:
 def parse_yaml(text: str, source: str) -> ParsedYaml:
     """Parse one YAML/JSON document; problems are returned as issues, never raised."""
     marks = Marks()
+    if text.lstrip().startswith("{") and "\t" in text:
+        text = text.replace("\t", " ")  # one character for one: marks stay right
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

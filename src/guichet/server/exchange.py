@@ -55,7 +55,7 @@ class Exchange:
         "content_length", "chunked", "has_body", "conn_names", "expect_continue", "ws_key",
         "body_pending", "body_pending_size", "replay", "replay_size", "body_complete",
         "body_received", "snapshot", "match", "service", "path", "query", "tried",
-        "upstream", "peer", "sent", "resp_status", "resp_headers", "resp_head_size",
+        "upstream", "peer", "sent", "resp_status", "resp_headers",
         "resp_mode", "resp_started", "out", "deadline", "request_id", "upstream_host",
         "started_at", "_lazy_headers", "interim", "set_cookie", "peer_held",
     )
@@ -92,7 +92,6 @@ class Exchange:
         self.sent = False
         self.resp_status = 0
         self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.resp_head_size = 0
         self.resp_mode = NO_BODY
         self.resp_started = False
         self.out: list[bytes] = []
@@ -244,6 +243,7 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
+        conn.expect_response()
         if not self.peer_held:
             self.peer_held = True
             self.service.balancer.acquire(self.peer)  # type: ignore[union-attr]
@@ -273,61 +273,36 @@ class Exchange:
         self.deadline = self.client.rt.loop.time() + self.service.read_timeout  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ response
-    def resp_header(self, name: bytes, value: bytes) -> None:
-        self.resp_head_size += len(name) + len(value) + 4
-        if self.resp_head_size > self.client.rt.settings.upstream_max_header_size:
-            raise _UpstreamHeadTooLarge()
-        self.resp_headers.append((name, value))
-
-    def resp_headers_complete(self, status: int) -> None:
+    def resp_headers_complete(self, status: int, head: bytes) -> None:
+        """The upstream's head is in (raw bytes, validated by llhttp): write the client's."""
         if 100 <= status < 200 and status != 101:
             # Interim response (100 Continue, 103): the gateway handles Expect itself.
-            self.resp_headers = []
-            self.resp_head_size = 0
             self.interim = True
             return
         self.resp_status = status
         if status == 101:
+            self.resp_headers = H.parse_header_lines(head)
             return  # the upgrade path (resp_upgrade) takes over
-        cl: bytes | None = None
-        te: bytes | None = None
-        conn_names: list[bytes] = []
-        out_headers: list[bytes] = []
-        via: bytes | None = None
-        for name, value in self.resp_headers:
-            lname = name.lower()
-            if lname in H.REWRITTEN_DOWNSTREAM:
-                if lname == b"content-length":
-                    if cl is not None and cl != value:
-                        raise _UpstreamFraming("differing Content-Length")
-                    cl = value
-                elif lname == b"transfer-encoding":
-                    te = value
-                elif lname == b"connection":
-                    conn_names.append(value)
-                elif lname == b"via":
-                    via = value if via is None else via + b", " + value
-                continue
-            out_headers.append(name)
-            out_headers.append(b": ")
-            out_headers.append(value)
-            out_headers.append(b"\r\n")
-        if cl is not None and te is not None:
-            raise _UpstreamFraming("Content-Length with Transfer-Encoding")
-        if cl is not None and not cl.strip().isdigit():
-            raise _UpstreamFraming("invalid Content-Length")
-        if conn_names:
-            named = H.connection_tokens(conn_names)
-            if named:
-                out_headers = _drop_named(out_headers, named)
+        rh = H.ResponseHead(head)
+        cl = rh.content_length
+        if cl is not None:
+            if rh.transfer_encoding is not None:
+                raise _UpstreamFraming("Content-Length with Transfer-Encoding")
+            if rh.differing_cl or not cl.isdigit():
+                raise _UpstreamFraming("invalid Content-Length")
+        for value in rh.connection:
+            extra = H.connection_extra_names(value)
+            if extra:
+                rh.drop_named(extra)
+        via = rh.via
         client = self.client
         head_req = self.method == b"HEAD"
         if head_req or status in (204, 304):
             mode = NO_BODY
-            framing = b"Content-Length: " + cl.strip() + b"\r\n" if (cl is not None and status != 204) else b""
+            framing = b"Content-Length: " + cl + b"\r\n" if (cl is not None and status != 204) else b""
         elif cl is not None:
             mode = RAW
-            framing = b"Content-Length: " + cl.strip() + b"\r\n"
+            framing = b"Content-Length: " + cl + b"\r\n"
         elif self.http10:
             mode = UNTIL_CLOSE
             framing = b""
@@ -347,12 +322,12 @@ class Exchange:
             conn_header = b"Connection: close\r\n"
         elif self.http10:
             conn_header = b"Connection: keep-alive\r\n"
-        via_header = b"Via: " + (via + b", " + H.VIA if via else H.VIA) + b"\r\n"
+        via_header = b"Via: " + via + b", 1.1 guichet\r\n" if via else b"Via: 1.1 guichet\r\n"
         if self.set_cookie is not None:
             # consistent-hashing on a cookie the client did not have yet (Kong does this)
             name, value, path = self.set_cookie
             via_header += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
-        self.out.append(status_line(status) + b"".join(out_headers) + framing + via_header + conn_header + b"\r\n")
+        self.out.append(status_line(status) + rh.kept + framing + via_header + conn_header + b"\r\n")
         self.resp_started = True
         self.state = RESPONDING
         if head_req and self.upstream is not None:
@@ -447,7 +422,6 @@ class Exchange:
             return
         if self.may_retry():
             self.resp_headers = []
-            self.resp_head_size = 0
             self.state = QUEUED
             self.start_upstream()
             return
@@ -483,23 +457,11 @@ class Exchange:
         return self.request_id
 
 
-class _UpstreamHeadTooLarge(Exception):
-    pass
-
-
 class _UpstreamFraming(Exception):
     pass
 
 
-UPSTREAM_FAULTS = (_UpstreamHeadTooLarge, _UpstreamFraming)
-
-
-def _drop_named(parts: list[bytes], named: frozenset[bytes]) -> list[bytes]:
-    kept: list[bytes] = []
-    for i in range(0, len(parts), 4):
-        if parts[i].lower() not in named:
-            kept.extend(parts[i:i + 4])
-    return kept
+UPSTREAM_FAULTS = (_UpstreamFraming,)
 
 
 __all__ = ["Exchange", "UPSTREAM_FAULTS", "render", "error_response"]

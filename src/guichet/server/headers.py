@@ -47,6 +47,96 @@ WEBSOCKET_PASS = frozenset({b"upgrade", b"connection"})
 
 VIA = b"1.1 guichet"
 
+# Response heads are rewritten from their raw bytes (llhttp has validated them): each line
+# is classified by its field name exactly as the upstream spelled it (a cache: upstreams
+# repeat the same few spellings) and copied as is unless the gateway handles that field.
+PASS, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, VIA_FIELD, DROP = range(6)
+_KINDS: dict[bytes, int] = {}
+_KIND_BY_LOWER = {
+    b"content-length": CONTENT_LENGTH, b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION, b"via": VIA_FIELD,
+}
+
+
+def _classify(name: bytes) -> int:
+    lname = name.strip().lower()
+    kind = _KIND_BY_LOWER.get(lname)
+    if kind is None:
+        kind = DROP if lname in HOP_BY_HOP else PASS
+    if len(_KINDS) < 4096:
+        _KINDS[name] = kind
+    return kind
+
+
+class ResponseHead:
+    """The parts of an upstream response head the gateway needs, and the rest as bytes."""
+
+    __slots__ = ("kept", "content_length", "transfer_encoding", "connection", "via", "differing_cl")
+
+    def __init__(self, head: bytes) -> None:
+        # ``head`` is "HTTP/1.1 200 OK\r\nName: value\r\n...Name: value\r\n" (no blank line).
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.connection: list[bytes] = []
+        self.via: bytes | None = None
+        self.differing_cl = False
+        lines = head.split(b"\r\n")
+        kept = []
+        kinds = _KINDS
+        for i in range(1, len(lines) - 1):
+            line = lines[i]
+            name, _, value = line.partition(b":")
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _classify(name)
+            if kind == PASS:
+                kept.append(line)
+            elif kind == CONTENT_LENGTH:
+                value = value.strip()
+                if self.content_length is not None and self.content_length != value:
+                    self.differing_cl = True
+                self.content_length = value
+            elif kind == CONNECTION:
+                self.connection.append(value.strip())
+            elif kind == TRANSFER_ENCODING:
+                self.transfer_encoding = value.strip()
+            elif kind == VIA_FIELD:
+                value = value.strip()
+                self.via = value if self.via is None else self.via + b", " + value
+        kept.append(b"")
+        self.kept = b"\r\n".join(kept) if len(kept) > 1 else b""
+
+    def drop_named(self, named: frozenset[bytes]) -> None:
+        """Remove the fields a Connection header listed (rare: the slow path)."""
+        lines = self.kept.split(b"\r\n")
+        self.kept = b"\r\n".join(
+            line for line in lines if line and line.split(b":", 1)[0].strip().lower() not in named)
+        if self.kept:
+            self.kept += b"\r\n"
+
+
+def parse_header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs of a raw head (for the WebSocket handshake checks)."""
+    pairs = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+_CONNECTION_EXTRA: dict[bytes, frozenset[bytes]] = {}
+
+
+def connection_extra_names(value: bytes) -> frozenset[bytes]:
+    """Field names a Connection value lists beyond the ones dropped anyway, cached."""
+    names = _CONNECTION_EXTRA.get(value)
+    if names is None:
+        names = connection_tokens((value,)) - HOP_BY_HOP - {b"close"}
+        if len(_CONNECTION_EXTRA) < 1024:
+            _CONNECTION_EXTRA[value] = names
+    return names
+
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
     """The lower-case field names listed by Connection header values."""

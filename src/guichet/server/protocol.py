@@ -84,7 +84,11 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        self.peer_b = self.peer_ip.encode()
         self.trusted = self.peer_ip in self.rt.trusted
+        self.forwarded_block = (b"X-Forwarded-For: " + self.peer_b + b"\r\nX-Real-IP: " + self.peer_b
+                                + b"\r\nX-Forwarded-Proto: " + self.scheme_b
+                                + b"\r\nX-Forwarded-Port: " + self.port_b + b"\r\n")
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.sni = self.rt.sni_of(sslobj)
@@ -341,46 +345,53 @@ class ClientProtocol(asyncio.Protocol):
         if ex.query:
             target += b"?" + ex.query.encode("latin-1")
         host = ex.host if route.preserve_host else svc.host_header(ex.peer)  # type: ignore[union-attr]
-        trusted = self.trusted
-        named = H.connection_tokens(ex.conn_names) if ex.conn_names else ()
         parts = [ex.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]  # type: ignore[list-item]
-        xff = b""
-        via = b""
-        kept: dict[bytes, bytes] = {}
+        xff = via = None
+        kept: dict[bytes, bytes] | None = None
+        named = H.connection_tokens(ex.conn_names) if ex.conn_names else ()
         for lname, name, value in ex.headers:
             if lname in H.REWRITTEN_UPSTREAM:
                 if lname == b"x-forwarded-for":
                     xff = xff + b", " + value if xff else value
                 elif lname == b"via":
                     via = via + b", " + value if via else value
-                elif trusted and lname in H.FORWARDED:
+                elif self.trusted and lname in H.FORWARDED:
+                    if kept is None:
+                        kept = {}
                     kept[lname] = value
                 continue
-            if lname.startswith(H.IDENTITY_PREFIXES) or lname in named:
+            if lname in named or lname.startswith(H.IDENTITY_PREFIXES):
                 continue
-            parts += (name, b": ", value, b"\r\n")
-        peer = self.peer_ip.encode()
-        parts += (
-            b"X-Forwarded-For: ", xff + b", " + peer if xff else peer, b"\r\n",
-            b"X-Real-IP: ", kept.get(b"x-real-ip") or peer, b"\r\n",
-            b"X-Forwarded-Proto: ", kept.get(b"x-forwarded-proto") or self.scheme_b, b"\r\n",
-            b"X-Forwarded-Host: ", kept.get(b"x-forwarded-host") or _host_without_port(ex.host), b"\r\n",  # type: ignore[arg-type]
-            b"X-Forwarded-Port: ", kept.get(b"x-forwarded-port") or self.port_b, b"\r\n",
-            b"X-Forwarded-Path: ", kept.get(b"x-forwarded-path") or ex.url.split(b"?", 1)[0], b"\r\n",
-            b"Via: ", via + b", " + H.VIA if via else H.VIA, b"\r\n",
-        )
-        prefix = kept.get(b"x-forwarded-prefix")
+            parts.append(name + b": " + value + b"\r\n")
+        if xff is None and kept is None:
+            # The common case: nothing to merge, the per-connection block says it all.
+            parts.append(self.forwarded_block)
+        else:
+            peer = self.peer_b
+            kept = kept or {}
+            parts.append(
+                b"X-Forwarded-For: " + (xff + b", " + peer if xff else peer)
+                + b"\r\nX-Real-IP: " + (kept.get(b"x-real-ip") or peer)
+                + b"\r\nX-Forwarded-Proto: " + (kept.get(b"x-forwarded-proto") or self.scheme_b)
+                + b"\r\nX-Forwarded-Port: " + (kept.get(b"x-forwarded-port") or self.port_b) + b"\r\n")
+        fwd_host = kept.get(b"x-forwarded-host") if kept else None
+        fwd_path = kept.get(b"x-forwarded-path") if kept else None
+        parts.append(b"X-Forwarded-Host: " + (fwd_host or _host_without_port(ex.host))  # type: ignore[arg-type]
+                     + b"\r\nX-Forwarded-Path: " + (fwd_path or ex.url.split(b"?", 1)[0])
+                     + (b"\r\nVia: " + via + b", 1.1 guichet\r\n" if via else b"\r\nVia: 1.1 guichet\r\n"))
+        prefix = kept.get(b"x-forwarded-prefix") if kept else None
         if prefix is None and route.strip_path and match.matched_path and match.matched_path != "/":
             prefix = match.matched_path.encode("latin-1")
         if prefix:
-            parts += (b"X-Forwarded-Prefix: ", prefix, b"\r\n")
+            parts.append(b"X-Forwarded-Prefix: " + prefix + b"\r\n")
         if ex.ws_key is not None:
-            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         elif ex.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
         elif ex.has_body:
-            parts.append(b"Content-Length: %d\r\n" % ex.content_length)  # type: ignore[str-format]
-        parts.append(b"\r\n")
+            parts.append(b"Content-Length: %d\r\n\r\n" % ex.content_length)  # type: ignore[str-format]
+        else:
+            parts.append(b"\r\n")
         return b"".join(parts)
 
     # ------------------------------------------------------------------ answers

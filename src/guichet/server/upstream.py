@@ -27,7 +27,7 @@ PoolKey = tuple[str, int, bool, str]
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "key", "transport", "parser", "exchange", "requests", "idle_since",
-        "closed", "tunnel", "_loop",
+        "closed", "tunnel", "in_head", "head_buf", "max_head",
     )
 
     def __init__(self, pool: "UpstreamPool", key: PoolKey) -> None:
@@ -40,6 +40,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.tunnel: Any = None
+        self.in_head = False
+        self.head_buf = b""
+        self.max_head = pool.max_head
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -56,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         ex.upstream_activity()
+        if self.in_head:
+            self.head_buf = self.head_buf + data if self.head_buf else data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upg:
@@ -65,6 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.upstream_protocol_error(f"invalid response: {exc.__class__.__name__}")
         else:
             if self.exchange is ex:
+                if self.in_head and len(self.head_buf) > self.max_head:
+                    ex.upstream_protocol_error("response head too large")
+                    return
                 ex.flush_client()
 
     def eof_received(self) -> bool:
@@ -99,11 +107,23 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.upstream_resume_writing()
 
     # -- httptools callbacks -------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.exchange.resp_header(name, value)  # type: ignore[union-attr]
+    def expect_response(self) -> None:
+        """A request was sent: the next bytes start a response head."""
+        self.in_head = True
+        self.head_buf = b""
 
     def on_headers_complete(self) -> None:
-        self.exchange.resp_headers_complete(self.parser.get_status_code())  # type: ignore[union-attr]
+        buf = self.head_buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end > self.max_head:
+            raise ValueError("response head too large")
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.head_buf = buf[end + 4:]  # an interim response: the real head follows
+        else:
+            self.in_head = False
+            self.head_buf = b""
+        self.exchange.resp_headers_complete(status, buf[: end + 2])  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -130,9 +150,12 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per target, LIFO, bounded and aged."""
 
-    __slots__ = ("_idle", "size", "idle_timeout", "max_requests", "open_connections", "_tls")
+    __slots__ = ("_idle", "size", "idle_timeout", "max_requests", "open_connections", "_tls",
+                 "max_head")
 
-    def __init__(self, size: int, idle_timeout: float, max_requests: int) -> None:
+    def __init__(self, size: int, idle_timeout: float, max_requests: int,
+                 max_head: int = 65536) -> None:
+        self.max_head = max_head
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self.size = size
         self.idle_timeout = idle_timeout
