@@ -88,6 +88,7 @@ class ConnectionRecord:
     conn_id: int
     raw: bytearray = field(default_factory=bytearray)
     bytes_received: int = 0
+    body_bytes_sent: int = 0  # by /bytes and /chunked, to tell who stalled in a transfer
     peer_closed: bool = False  # the gateway closed (EOF or reset), not us
     closed: bool = False
     closed_at: float | None = None
@@ -430,8 +431,9 @@ class UpstreamServer:
             await asyncio.sleep(number / 1000)
             return await self._send(writer, 200, extra, self._echo(request), keep_alive, request)
         if kind in ("bytes", "chunked"):
-            return await self._send_pattern(writer, number, kind == "chunked", keep_alive,
-                                            request.method == "HEAD")
+            record = self.connection(request.conn_id)
+            return await self._send_pattern(writer, record, number, kind == "chunked",
+                                            keep_alive, request.method == "HEAD")
         if kind == "response-headers":
             extra = parse_qsl(split.query, keep_blank_values=True)
             return await self._send(writer, 200, extra, b"{}", keep_alive, request)
@@ -491,8 +493,8 @@ class UpstreamServer:
         await writer.drain()
         return keep_alive
 
-    async def _send_pattern(self, writer: asyncio.StreamWriter, n: int, chunked: bool,
-                            keep_alive: bool, head_only: bool) -> bool:
+    async def _send_pattern(self, writer: asyncio.StreamWriter, record: ConnectionRecord,
+                            n: int, chunked: bool, keep_alive: bool, head_only: bool) -> bool:
         head = ["HTTP/1.1 200 OK", f"X-Upstream-Id: {self.upstream_id}",
                 "Content-Type: application/octet-stream", f"X-Body-Sha256: {pattern_sha256(n)}"]
         head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {n}")
@@ -503,6 +505,7 @@ class UpstreamServer:
             for piece in pattern_chunks(n, 16384 if chunked else 1 << 16):
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 await writer.drain()
+                record.body_bytes_sent += len(piece)
             if chunked:
                 writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -57,7 +57,7 @@ class Exchange:
         "body_received", "snapshot", "match", "service", "path", "query", "tried",
         "upstream", "peer", "sent", "resp_status", "resp_headers",
         "resp_mode", "resp_started", "out", "deadline", "request_id", "upstream_host",
-        "started_at", "_lazy_headers", "interim", "set_cookie", "peer_held",
+        "started_at", "_lazy_headers", "interim", "set_cookie", "peer_held", "raw_path",
     )
 
     def __init__(self, client: "ClientProtocol") -> None:
@@ -103,6 +103,7 @@ class Exchange:
         self.interim = False
         self.set_cookie: tuple[str, str, str] | None = None
         self.peer_held = False
+        self.raw_path = ""
 
     # ------------------------------------------------------------------ request body
     def body_chunk(self, data: bytes) -> None:

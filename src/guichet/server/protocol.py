@@ -298,6 +298,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.started_at = rt.loop.time()
         try:
             raw_path, ex.query = split_target(ex.url)
+            ex.raw_path = raw_path
             if raw_path == "*":
                 if ex.method != b"OPTIONS":
                     raise BadRequest("Bad request: invalid request target")
@@ -377,7 +378,7 @@ class ClientProtocol(asyncio.Protocol):
         fwd_host = kept.get(b"x-forwarded-host") if kept else None
         fwd_path = kept.get(b"x-forwarded-path") if kept else None
         parts.append(b"X-Forwarded-Host: " + (fwd_host or _host_without_port(ex.host))  # type: ignore[arg-type]
-                     + b"\r\nX-Forwarded-Path: " + (fwd_path or ex.url.split(b"?", 1)[0])
+                     + b"\r\nX-Forwarded-Path: " + (fwd_path or ex.raw_path.encode("latin-1"))
                      + (b"\r\nVia: " + via + b", 1.1 guichet\r\n" if via else b"\r\nVia: 1.1 guichet\r\n"))
         prefix = kept.get(b"x-forwarded-prefix") if kept else None
         if prefix is None and route.strip_path and match.matched_path and match.matched_path != "/":
