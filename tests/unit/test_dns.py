@@ -9,7 +9,7 @@ import time
 import weakref
 
 import pytest
-from dnsserver import DNSServer
+from support.dnsserver import DNSServer
 
 from guichet.balancer import build_balancer
 from guichet.balancing.dns_files import parse_hosts, parse_nameservers, parse_resolv_conf
