@@ -230,7 +230,7 @@ def test_64mib_download(gw, upstream, http, kind):
         print("FAIL", type(e).__name__, "client got", length)
         for c in upstream.connections: print("  upstream conn", c.conn_id, "closed", c.closed, "peer_closed", c.peer_closed, "sent", c.body_bytes_sent, "reqs", c.requests)
         print([ (r.conn_id, r.method, r.target) for r in upstream.requests])
-        import subprocess; print(subprocess.run(["ss", "-tnpi"], capture_output=True, text=True).stdout[-6000:])
+        import subprocess; print(subprocess.run(["ss", "-tnp", f"( sport = :{upstream.port} or dport = :{upstream.port} or sport = :{gw.port} or dport = :{gw.port} )"], capture_output=True, text=True).stdout[-6000:])
         raise
     assert length == BIG
     assert digest.hexdigest() == pattern_sha256(BIG)

@@ -43,29 +43,16 @@ FORWARDED = frozenset(
 # Fields the gateway rewrites itself toward the upstream: never copied from the client.
 REWRITTEN_UPSTREAM = HOP_BY_HOP | FORWARDED | {b"host", b"content-length", b"expect", b"via"}
 REWRITTEN_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"via"}
-WEBSOCKET_PASS = frozenset({b"upgrade", b"connection"})
 
 VIA = b"1.1 guichet"
 
-# Response heads are rewritten from their raw bytes (llhttp has validated them): each line
-# is classified by its field name exactly as the upstream spelled it (a cache: upstreams
-# repeat the same few spellings) and copied as is unless the gateway handles that field.
-PASS, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, VIA_FIELD, DROP = range(6)
-_KINDS: dict[bytes, int] = {}
-_KIND_BY_LOWER = {
-    b"content-length": CONTENT_LENGTH, b"transfer-encoding": TRANSFER_ENCODING,
-    b"connection": CONNECTION, b"via": VIA_FIELD,
-}
-
-
-def _classify(name: bytes) -> int:
-    lname = name.strip().lower()
-    kind = _KIND_BY_LOWER.get(lname)
-    if kind is None:
-        kind = DROP if lname in HOP_BY_HOP else PASS
-    if len(_KINDS) < 4096:
-        _KINDS[name] = kind
-    return kind
+# Response heads are rewritten from their raw bytes (llhttp has validated them, so a field
+# name is followed directly by its colon): one regex pass over the lower-cased head finds
+# the fields the gateway handles itself; every other line is copied as it came.
+_HANDLED = re.compile(
+    rb"\r\n(?:(content-length)|(transfer-encoding)|(connection)|(via)|keep-alive|te|trailer|"
+    rb"upgrade|proxy-(?:connection|authorization|authenticate)):"
+)
 
 
 class ResponseHead:
@@ -80,31 +67,30 @@ class ResponseHead:
         self.connection: list[bytes] = []
         self.via: bytes | None = None
         self.differing_cl = False
-        lines = head.split(b"\r\n")
-        kept = []
-        kinds = _KINDS
-        for i in range(1, len(lines) - 1):
-            line = lines[i]
-            name, _, value = line.partition(b":")
-            kind = kinds.get(name)
-            if kind is None:
-                kind = _classify(name)
-            if kind == PASS:
-                kept.append(line)
-            elif kind == CONTENT_LENGTH:
-                value = value.strip()
+        start = head.find(b"\r\n")
+        pieces: list[bytes] = []
+        last = start + 2
+        for m in _HANDLED.finditer(head.lower(), start):
+            at = m.start()
+            end = head.find(b"\r\n", m.end())
+            pieces.append(head[last:at + 2])
+            last = end + 2
+            value = head[m.end():end].strip()
+            if m.group(1):
                 if self.content_length is not None and self.content_length != value:
                     self.differing_cl = True
                 self.content_length = value
-            elif kind == CONNECTION:
-                self.connection.append(value.strip())
-            elif kind == TRANSFER_ENCODING:
-                self.transfer_encoding = value.strip()
-            elif kind == VIA_FIELD:
-                value = value.strip()
+            elif m.group(2):
+                self.transfer_encoding = value
+            elif m.group(3):
+                self.connection.append(value)
+            elif m.group(4):
                 self.via = value if self.via is None else self.via + b", " + value
-        kept.append(b"")
-        self.kept = b"\r\n".join(kept) if len(kept) > 1 else b""
+        if pieces:
+            pieces.append(head[last:])
+            self.kept = b"".join(pieces)
+        else:
+            self.kept = head[last:]
 
     def drop_named(self, named: frozenset[bytes]) -> None:
         """Remove the fields a Connection header listed (rare: the slow path)."""
