@@ -230,7 +230,12 @@ def test_64mib_download(gw, upstream, http, kind):
         print("FAIL", type(e).__name__, "client got", length)
         for c in upstream.connections: print("  upstream conn", c.conn_id, "closed", c.closed, "peer_closed", c.peer_closed, "sent", c.body_bytes_sent, "reqs", c.requests)
         print([ (r.conn_id, r.method, r.target) for r in upstream.requests])
-        import subprocess; print(subprocess.run(["ss", "-tnp", f"( sport = :{upstream.port} or dport = :{upstream.port} or sport = :{gw.port} or dport = :{gw.port} )"], capture_output=True, text=True).stdout[-6000:])
+        for line in open("/proc/net/tcp").read().splitlines()[1:]:
+            f = line.split()
+            lp, rp = int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16)
+            if {lp, rp} & {upstream.port, gw.port}:
+                tx, rx = f[4].split(":")
+                print("  tcp", lp, "->", rp, "state", f[3], "txq", int(tx, 16), "rxq", int(rx, 16))
         raise
     assert length == BIG
     assert digest.hexdigest() == pattern_sha256(BIG)

@@ -124,7 +124,11 @@ def test_dead_worker_is_replaced(gateway_factory, upstream, http):
     gw = gateway_factory(_config(upstream.port), workers=1)
     (pid,) = gw.status()["worker_pids"]
     os.kill(pid, signal.SIGKILL)
-    assert _wait(lambda: _status(gw).get("status") == "ok" and _status(gw)["worker_pids"] != [pid], 15)
+    def replaced() -> bool:
+        status = _status(gw)
+        return status.get("status") == "ok" and status["worker_pids"] != [pid]
+
+    assert _wait(replaced, 15)
     assert _wait(lambda: http.get(gw.url + "/a/echo").status_code == 200)
 
 

@@ -50,60 +50,52 @@ HEAD, QUEUED, CONNECTING, SENT, RESPONDING, DONE = range(6)
 
 
 class Exchange:
-    __slots__ = (
-        "client", "state", "url", "headers", "method", "http10", "keep_alive", "host",
-        "content_length", "chunked", "has_body", "conn_names", "expect_continue", "ws_key",
-        "body_pending", "body_pending_size", "replay", "replay_size", "body_complete",
-        "body_received", "snapshot", "match", "service", "path", "query", "tried",
-        "upstream", "peer", "sent", "resp_status", "resp_headers",
-        "resp_mode", "resp_started", "out", "deadline", "request_id", "upstream_host",
-        "started_at", "_lazy_headers", "interim", "set_cookie", "peer_held", "raw_path",
-    )
+    """One request and its answer. Attributes default to the class values below; only
+    what a request actually changes is written to the instance (cheap to create)."""
+
+    state = HEAD
+    url = b""
+    method = b""
+    http10 = False
+    keep_alive = True
+    host: bytes | None = None
+    content_length: int | None = None
+    chunked = False
+    has_body = False
+    conn_names: list[bytes] | None = None  # Connection header values, when sent
+    expect_continue = False
+    ws_key: bytes | None = None
+    body_pending: list[bytes] | None = None  # body bytes not yet sent upstream
+    body_pending_size = 0
+    replay: list[bytes] | None = None  # the body, kept for a retry while small
+    replay_size = 0
+    replayable = True
+    body_complete = False
+    body_received = 0
+    snapshot: "Snapshot | None" = None
+    match: Any = None
+    service: "CompiledService | None" = None
+    path = ""
+    raw_path = ""
+    query = ""
+    tried: tuple[Any, ...] = ()
+    upstream: UpstreamConnection | None = None
+    peer: Any = None
+    resp_status = 0
+    resp_headers: list[tuple[bytes, bytes]] = []  # only filled for a 101 (read-only default)
+    resp_mode = NO_BODY
+    resp_started = False
+    out: list[bytes] | None = None
+    deadline = 0.0
+    request_id: str | None = None
+    _lazy_headers: dict[str, str] | None = None
+    interim = False
+    set_cookie: tuple[str, str, str] | None = None
+    peer_held = False
 
     def __init__(self, client: "ClientProtocol") -> None:
         self.client = client
-        self.state = HEAD
-        self.url = b""
         self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lower-case name, name, value)
-        self.method = b""
-        self.http10 = False
-        self.keep_alive = True
-        self.host: bytes | None = None
-        self.content_length: int | None = None
-        self.chunked = False
-        self.has_body = False
-        self.conn_names: list[bytes] = []
-        self.expect_continue = False
-        self.ws_key: bytes | None = None
-        self.body_pending: list[bytes] = []
-        self.body_pending_size = 0
-        self.replay: list[bytes] | None = []
-        self.replay_size = 0
-        self.body_complete = False
-        self.body_received = 0
-        self.snapshot: Snapshot | None = None
-        self.match: Any = None
-        self.service: CompiledService | None = None
-        self.path = ""
-        self.query = ""
-        self.tried: list[Any] = []
-        self.upstream: UpstreamConnection | None = None
-        self.peer: Any = None
-        self.sent = False
-        self.resp_status = 0
-        self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.resp_mode = NO_BODY
-        self.resp_started = False
-        self.out: list[bytes] = []
-        self.deadline = 0.0
-        self.request_id: str | None = None
-        self.upstream_host = b""
-        self.started_at = 0.0
-        self._lazy_headers: dict[str, str] | None = None
-        self.interim = False
-        self.set_cookie: tuple[str, str, str] | None = None
-        self.peer_held = False
-        self.raw_path = ""
 
     # ------------------------------------------------------------------ request body
     def body_chunk(self, data: bytes) -> None:
@@ -112,16 +104,21 @@ class Exchange:
         if limit and self.body_received > limit:
             self.client.fail(413, "Request size limit exceeded", self)
             return
-        if self.replay is not None:
+        if self.replayable:
             if self.replay_size + len(data) <= REPLAY_LIMIT:
+                if self.replay is None:
+                    self.replay = []
                 self.replay.append(data)
                 self.replay_size += len(data)
             else:
+                self.replayable = False
                 self.replay = None
         up = self.upstream
         if up is not None and self.state >= SENT and up.transport is not None:
             up.transport.write(self._frame(data))
         else:
+            if self.body_pending is None:
+                self.body_pending = []
             self.body_pending.append(data)
             self.body_pending_size += len(data)
             if self.body_pending_size > BUFFER_HIGH:
@@ -205,7 +202,7 @@ class Exchange:
         self.peer = peer
         if sel.set_cookie is not None:
             self.set_cookie = sel.set_cookie
-        self.tried.append(peer)
+        self.tried += (peer,)
         if self.ws_key is None:
             conn = self.client.rt.pool.acquire(svc.pool_key(peer))
             if conn is not None:
@@ -230,7 +227,7 @@ class Exchange:
             self._connect_failed(502, "An invalid response was received from the upstream server")
             return
         if self.state != CONNECTING or self.client.closed:
-            conn.close() if self.ws_key else rt.pool.release(conn, rt.loop.time())
+            conn.close() if self.ws_key else rt.pool.release(conn, rt.now)
             return
         self.attach(conn)
 
@@ -250,8 +247,7 @@ class Exchange:
             self.service.balancer.acquire(self.peer)  # type: ignore[union-attr]
         conn.exchange = self
         self.state = SENT
-        self.sent = True
-        self.deadline = self.client.rt.loop.time() + self.service.read_timeout  # type: ignore[union-attr]
+        self.deadline = self.client.rt.now + self.service.read_timeout  # type: ignore[union-attr]
         transport = conn.transport
         assert transport is not None
         head = self.client.build_upstream_head(self, conn)
@@ -262,7 +258,7 @@ class Exchange:
             if self.body_complete and self.chunked:
                 parts.append(b"0\r\n\r\n")
             transport.write(b"".join(parts))
-            self.body_pending = []
+            self.body_pending = None
             self.body_pending_size = 0
             self.client.resume_reading_for_upstream()
         else:
@@ -271,7 +267,7 @@ class Exchange:
             transport.write(head)
 
     def upstream_activity(self) -> None:
-        self.deadline = self.client.rt.loop.time() + self.service.read_timeout  # type: ignore[union-attr]
+        self.deadline = self.client.rt.now + self.service.read_timeout  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ response
     def resp_headers_complete(self, status: int, head: bytes) -> None:
@@ -328,7 +324,7 @@ class Exchange:
             # consistent-hashing on a cookie the client did not have yet (Kong does this)
             name, value, path = self.set_cookie
             via_header += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
-        self.out.append(status_line(status) + rh.kept + framing + via_header + conn_header + b"\r\n")
+        self.out = [status_line(status) + rh.kept + framing + via_header + conn_header + b"\r\n"]
         self.resp_started = True
         self.state = RESPONDING
         if head_req and self.upstream is not None:
@@ -342,7 +338,7 @@ class Exchange:
             self.client.exchange_done(self)
 
     def resp_body(self, data: bytes) -> None:
-        if self.interim or self.resp_mode == NO_BODY:
+        if self.interim or self.resp_mode == NO_BODY or self.out is None:
             return
         if self.resp_mode == CHUNKED:
             self.out.append(b"%x\r\n" % len(data))
@@ -357,7 +353,7 @@ class Exchange:
             return
         if self.state != RESPONDING:
             return
-        if self.resp_mode == CHUNKED:
+        if self.resp_mode == CHUNKED and self.out is not None:
             self.out.append(b"0\r\n\r\n")
         self.flush_client()
         conn = self.upstream
@@ -383,7 +379,7 @@ class Exchange:
         self.upstream = None
         self.release_peer()
         if reuse and not conn.closed:
-            self.client.rt.pool.release(conn, self.client.rt.loop.time())
+            self.client.rt.pool.release(conn, self.client.rt.now)
         else:
             conn.close()
 
@@ -422,7 +418,7 @@ class Exchange:
                 self.client.abort()
             return
         if self.may_retry():
-            self.resp_headers = []
+            self.resp_headers = Exchange.resp_headers
             self.state = QUEUED
             self.start_upstream()
             return
@@ -435,9 +431,9 @@ class Exchange:
             return False
         if not self.has_body:
             return True
-        if self.replay is None or not self.body_complete:
+        if not self.replayable or not self.body_complete:
             return False
-        self.body_pending = list(self.replay)
+        self.body_pending = list(self.replay or ())
         self.body_pending_size = self.replay_size
         return True
 

@@ -92,7 +92,7 @@ class ClientProtocol(asyncio.Protocol):
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.sni = self.rt.sni_of(sslobj)
-        self.read_deadline = self.rt.loop.time() + self.rt.settings.client_header_timeout
+        self.read_deadline = self.rt.now + self.rt.settings.client_header_timeout
         self.read_kind = R_IDLE
         self.rt.connection_opened(self)
 
@@ -183,7 +183,7 @@ class ClientProtocol(asyncio.Protocol):
         self.header_count = 0
         if self.read_kind != R_HEAD:
             self.read_kind = R_HEAD
-            self.read_deadline = self.rt.loop.time() + self.rt.settings.client_header_timeout
+            self.read_deadline = self.rt.now + self.rt.settings.client_header_timeout
 
     def on_url(self, url: bytes) -> None:
         ex = self.current
@@ -221,6 +221,8 @@ class ClientProtocol(asyncio.Protocol):
                     raise _Reject(400, "Bad request: unsupported Transfer-Encoding")
                 ex.chunked = True  # type: ignore[union-attr]
             elif lname == b"connection":
+                if ex.conn_names is None:  # type: ignore[union-attr]
+                    ex.conn_names = []  # type: ignore[union-attr]
                 ex.conn_names.append(value)  # type: ignore[union-attr]
             elif lname == b"expect":
                 ex.expect_continue = value.strip().lower() == b"100-continue"  # type: ignore[union-attr]
@@ -254,7 +256,7 @@ class ClientProtocol(asyncio.Protocol):
                 ex.keep_alive = False
         if ex.has_body:
             self.read_kind = R_BODY
-            self.read_deadline = self.rt.loop.time() + self.rt.settings.client_body_timeout
+            self.read_deadline = self.rt.now + self.rt.settings.client_body_timeout
         else:
             ex.body_complete = True
             self.read_kind = R_NONE
@@ -266,7 +268,7 @@ class ClientProtocol(asyncio.Protocol):
             self.queue.append(ex)
 
     def on_body(self, body: bytes) -> None:
-        self.read_deadline = self.rt.loop.time() + self.rt.settings.client_body_timeout
+        self.read_deadline = self.rt.now + self.rt.settings.client_body_timeout
         ex = self.current
         if ex is not None and ex.state != DONE:
             ex.body_chunk(body)
@@ -278,7 +280,7 @@ class ClientProtocol(asyncio.Protocol):
             self.read_kind = R_NONE
         if self.active is None and not self.queue and not self.closed:
             self.read_kind = R_IDLE
-            self.read_deadline = self.rt.loop.time() + self.rt.settings.keepalive_timeout
+            self.read_deadline = self.rt.now + self.rt.settings.keepalive_timeout
         if ex is not None:
             if ex.state == DONE:
                 ex.body_complete = True
@@ -295,7 +297,6 @@ class ClientProtocol(asyncio.Protocol):
         rt = self.rt
         snap = rt.snapshot
         ex.snapshot = snap
-        ex.started_at = rt.loop.time()
         try:
             raw_path, ex.query = split_target(ex.url)
             ex.raw_path = raw_path
@@ -485,7 +486,7 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         if self.current is None:
             self.read_kind = R_IDLE
-            self.read_deadline = self.rt.loop.time() + self.rt.settings.keepalive_timeout
+            self.read_deadline = self.rt.now + self.rt.settings.keepalive_timeout
 
     # ------------------------------------------------------------------ websocket
     def _upgrade(self, rest: bytes) -> None:

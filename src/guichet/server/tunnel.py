@@ -36,7 +36,7 @@ class Tunnel:
         limit = rt.settings.websocket_max_message_size
         self.from_client_scan = FrameScanner(limit, from_client=True, allow_rsv1=allow_rsv1)
         self.from_upstream_scan = FrameScanner(limit, from_client=False, allow_rsv1=allow_rsv1)
-        self.last_activity = rt.loop.time()
+        self.last_activity = rt.now
         self.closed = False
         self.client_said_close = False
         self.upstream_said_close = False
@@ -52,13 +52,13 @@ class Tunnel:
     def from_client(self, data: bytes) -> None:
         if self.closed or self.client_said_close:
             return
-        self.last_activity = self.rt.loop.time()
+        self.last_activity = self.rt.now
         self._pass(data, self.from_client_scan, self.upstream.transport, True)
 
     def from_upstream(self, data: bytes) -> None:
         if self.closed or self.upstream_said_close:
             return
-        self.last_activity = self.rt.loop.time()
+        self.last_activity = self.rt.now
         self._pass(data, self.from_upstream_scan, self.client.transport, False)
 
     def _pass(self, data: bytes, scan: FrameScanner, out, from_client: bool) -> None:
