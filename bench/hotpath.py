@@ -66,7 +66,7 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
-async def main(n: int) -> None:
+async def main(n: int, rounds: int = 3) -> None:
     loop = asyncio.get_running_loop()
     settings = load_settings(environ={})
     resolver = Resolver(nameservers=[("127.0.0.1", 53)], hostsfile=None)
@@ -93,7 +93,7 @@ async def main(n: int) -> None:
     assert ut.out and ut.out[0].startswith(b"GET / HTTP/1.1\r\n"), ut.out
     assert b"".join(ct.out).startswith(b"HTTP/1.1 200 OK"), ct.out
     assert b"hello world\n" in b"".join(ct.out)
-    for _ in range(3):
+    for _ in range(rounds):
         ct.out.clear()
         ut.out.clear()
         start = time.process_time()
@@ -109,7 +109,8 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.n))
+    uvloop.run(main(args.n, args.rounds))

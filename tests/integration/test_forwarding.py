@@ -220,22 +220,10 @@ def test_64mib_upload_chunked(gw, upstream, http):
 def test_64mib_download(gw, upstream, http, kind):
     digest = hashlib.sha256()
     length = 0
-    try:
-      with http.stream("GET", f"{gw.url}/{kind}/{BIG}", timeout=5) as response:
+    with http.stream("GET", f"{gw.url}/{kind}/{BIG}", timeout=60) as response:
         assert response.status_code == 200
         for piece in response.iter_raw():
             digest.update(piece)
             length += len(piece)
-    except Exception as e:
-        print("FAIL", type(e).__name__, "client got", length)
-        for c in upstream.connections: print("  upstream conn", c.conn_id, "closed", c.closed, "peer_closed", c.peer_closed, "sent", c.body_bytes_sent, "reqs", c.requests)
-        print([ (r.conn_id, r.method, r.target) for r in upstream.requests])
-        for line in open("/proc/net/tcp").read().splitlines()[1:]:
-            f = line.split()
-            lp, rp = int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16)
-            if {lp, rp} & {upstream.port, gw.port}:
-                tx, rx = f[4].split(":")
-                print("  tcp", lp, "->", rp, "state", f[3], "txq", int(tx, 16), "rxq", int(rx, 16))
-        raise
     assert length == BIG
     assert digest.hexdigest() == pattern_sha256(BIG)

@@ -324,7 +324,7 @@ class Exchange:
             # consistent-hashing on a cookie the client did not have yet (Kong does this)
             name, value, path = self.set_cookie
             via_header += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
-        self.out = [status_line(status) + rh.kept + framing + via_header + conn_header + b"\r\n"]
+        self.out = [b"".join((status_line(status), rh.kept, framing, via_header, conn_header, b"\r\n"))]
         self.resp_started = True
         self.state = RESPONDING
         if head_req and self.upstream is not None:

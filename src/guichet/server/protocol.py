@@ -89,6 +89,8 @@ class ClientProtocol(asyncio.Protocol):
         self.forwarded_block = (b"X-Forwarded-For: " + self.peer_b + b"\r\nX-Real-IP: " + self.peer_b
                                 + b"\r\nX-Forwarded-Proto: " + self.scheme_b
                                 + b"\r\nX-Forwarded-Port: " + self.port_b + b"\r\n")
+        self.block_host: bytes | None = None
+        self.block = b""
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None:
             self.sni = self.rt.sni_of(sslobj)
@@ -365,9 +367,15 @@ class ClientProtocol(asyncio.Protocol):
             if lname in named or lname.startswith(H.IDENTITY_PREFIXES):
                 continue
             parts.append(name + b": " + value + b"\r\n")
-        if xff is None and kept is None:
-            # The common case: nothing to merge, the per-connection block says it all.
-            parts.append(self.forwarded_block)
+        if xff is None and kept is None and via is None:
+            # The common case: nothing to merge. The block depends only on this connection
+            # and the Host header, so it is rendered once per connection and Host value.
+            if ex.host != self.block_host:
+                self.block_host = ex.host
+                self.block = (self.forwarded_block + b"X-Forwarded-Host: "
+                              + _host_without_port(ex.host) + b"\r\nVia: 1.1 guichet\r\n")  # type: ignore[arg-type]
+            parts.append(self.block)
+            parts.append(b"X-Forwarded-Path: " + ex.raw_path.encode("latin-1") + b"\r\n")
         else:
             peer = self.peer_b
             kept = kept or {}
@@ -375,12 +383,10 @@ class ClientProtocol(asyncio.Protocol):
                 b"X-Forwarded-For: " + (xff + b", " + peer if xff else peer)
                 + b"\r\nX-Real-IP: " + (kept.get(b"x-real-ip") or peer)
                 + b"\r\nX-Forwarded-Proto: " + (kept.get(b"x-forwarded-proto") or self.scheme_b)
-                + b"\r\nX-Forwarded-Port: " + (kept.get(b"x-forwarded-port") or self.port_b) + b"\r\n")
-        fwd_host = kept.get(b"x-forwarded-host") if kept else None
-        fwd_path = kept.get(b"x-forwarded-path") if kept else None
-        parts.append(b"X-Forwarded-Host: " + (fwd_host or _host_without_port(ex.host))  # type: ignore[arg-type]
-                     + b"\r\nX-Forwarded-Path: " + (fwd_path or ex.raw_path.encode("latin-1"))
-                     + (b"\r\nVia: " + via + b", 1.1 guichet\r\n" if via else b"\r\nVia: 1.1 guichet\r\n"))
+                + b"\r\nX-Forwarded-Port: " + (kept.get(b"x-forwarded-port") or self.port_b)
+                + b"\r\nX-Forwarded-Host: " + (kept.get(b"x-forwarded-host") or _host_without_port(ex.host))  # type: ignore[arg-type]
+                + b"\r\nX-Forwarded-Path: " + (kept.get(b"x-forwarded-path") or ex.raw_path.encode("latin-1"))
+                + (b"\r\nVia: " + via + b", 1.1 guichet\r\n" if via else b"\r\nVia: 1.1 guichet\r\n"))
         prefix = kept.get(b"x-forwarded-prefix") if kept else None
         if prefix is None and route.strip_path and match.matched_path and match.matched_path != "/":
             prefix = match.matched_path.encode("latin-1")
