@@ -56,7 +56,9 @@ class Master:
         self.last_reload: dict[str, Any] = {"ok": True, "error": None, "at": None}
         self.stopping = False
         self._file_sig: tuple[float, int, str] | None = None
+        self._text_digest = ""
         self._failures: list[str] = []
+        self._exit_code = 0
 
     # -- start ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -157,7 +159,7 @@ class Master:
                     digest = hashlib.sha256(_read(self.config_path).encode()).hexdigest()
                 except OSError:
                     continue
-                if digest != getattr(self, "_text_digest", None):
+                if digest != self._text_digest:
                     self._text_digest = digest
                     self.reload("file changed")
 
@@ -239,7 +241,7 @@ class Master:
                 handle.process.kill()
             if handle.process is not None:
                 handle.process.join(1)
-        return getattr(self, "_exit_code", 0)
+        return self._exit_code
 
 
 def _read(path: str) -> str:

@@ -8,6 +8,7 @@ upstream, and 64 MiB streamed through in both directions (Content-Length and chu
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
@@ -108,7 +109,7 @@ def test_upgrade_outside_a_websocket_handshake_not_forwarded(gw, upstream):
 
 # ---- §8 forwarded identity -------------------------------------------------------------
 def forwarded_request(port: int, host: str = "client.example") -> dict[str, list[str]]:
-    lines = [f"GET /echo?x=1 HTTP/1.1", f"Host: {host}", "X-Forwarded-For: 10.1.1.1"]
+    lines = ["GET /echo?x=1 HTTP/1.1", f"Host: {host}", "X-Forwarded-For: 10.1.1.1"]
     lines += [f"{k}: {v}" for k, v in {**FORGED, **IDENTITY}.items()]
     with RawConnection(port) as conn:
         conn.send(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -202,14 +203,14 @@ def test_upstream_connection_reused_across_sequential_requests(gateway_factory, 
 
 def test_64mib_upload_with_content_length(gw, upstream, http):
     body = b"".join(pattern_chunks(BIG))
-    response = http.post(gw.url + "/upload", content=body, timeout=60)
+    response = http.post(gw.url + "/upload", content=body, timeout=20)
     assert response.status_code == 200
     assert response.json()["body_length"] == BIG
     assert response.json()["body_sha256"] == pattern_sha256(BIG)
 
 
 def test_64mib_upload_chunked(gw, upstream, http):
-    response = http.post(gw.url + "/upload", content=pattern_chunks(BIG), timeout=60)
+    response = http.post(gw.url + "/upload", content=pattern_chunks(BIG), timeout=20)
     assert response.status_code == 200
     assert response.json()["body_length"] == BIG
     assert response.json()["body_sha256"] == pattern_sha256(BIG)
@@ -220,10 +221,29 @@ def test_64mib_upload_chunked(gw, upstream, http):
 def test_64mib_download(gw, upstream, http, kind):
     digest = hashlib.sha256()
     length = 0
-    with http.stream("GET", f"{gw.url}/{kind}/{BIG}", timeout=60) as response:
+    with http.stream("GET", f"{gw.url}/{kind}/{BIG}", timeout=20) as response:
         assert response.status_code == 200
         for piece in response.iter_raw():
             digest.update(piece)
             length += len(piece)
     assert length == BIG
     assert digest.hexdigest() == pattern_sha256(BIG)
+
+
+def test_back_pressure_never_stalls_a_download(gw, upstream):
+    """Downloads read a little late make the gateway pause the upstream side; every pause
+    must be undone, including when the response ends while paused and the upstream
+    connection goes back to the pool (a later request on it must not hang)."""
+    size = 8 << 20
+    for attempt in range(12):
+        with RawConnection(gw.port, timeout=5) as conn:
+            conn.send(f"GET /bytes/{size}?attempt={attempt} HTTP/1.1\r\nHost: gw.test\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            time.sleep(0.05)
+            try:
+                response = conn.read_response(timeout=5)
+            except TimeoutError:
+                sent = [(c.conn_id, c.body_bytes_sent) for c in upstream.connections]
+                pytest.fail(f"attempt {attempt}: stalled after {len(conn.buffer)} bytes; "
+                            f"upstream connections (id, bytes sent): {sent}")
+        assert len(response.body) == size

@@ -252,6 +252,7 @@ class UpstreamServer:
             for record in self._connections:
                 record.raw.clear()
                 record.bytes_received = 0
+                record.body_bytes_sent = 0
                 record.requests = 0
             self._accepted = 0
 

@@ -72,6 +72,7 @@ class ClientProtocol(asyncio.Protocol):
         self.header_count = 0
         self.pending_error: tuple[int, str] | None = None
         self.paused_for_upstream = False
+        self.paused_since = 0.0
         self.paused_for_pipeline = False
         self.write_paused = False
         self.tunnel = None
@@ -171,11 +172,14 @@ class ClientProtocol(asyncio.Protocol):
     def pause_reading_for_upstream(self) -> None:
         if not self.paused_for_upstream and self.transport is not None:
             self.paused_for_upstream = True
+            self.paused_since = self.rt.now
             self.transport.pause_reading()
 
     def resume_reading_for_upstream(self) -> None:
         if self.paused_for_upstream and self.transport is not None and not self.closed:
             self.paused_for_upstream = False
+            if self.read_kind == R_BODY:
+                self.read_deadline = self.rt.now + self.rt.settings.client_body_timeout
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ httptools callbacks
@@ -556,6 +560,12 @@ class ClientProtocol(asyncio.Protocol):
                 ex.timed_out()
                 return
         kind = self.read_kind
+        if self.paused_for_upstream and ex is not None and ex.service is not None:
+            # The upstream is not taking the body: its write timeout applies, not the
+            # client's body timeout (the client is waiting on us).
+            if now - self.paused_since > ex.service.write_timeout:
+                ex.timed_out()
+            return
         if kind and now > self.read_deadline:
             if kind == R_IDLE:
                 self.closed = True
