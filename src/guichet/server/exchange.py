@@ -242,6 +242,8 @@ class Exchange:
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.expect_response()
+        if self.client.write_paused:
+            conn.pause_reading()  # the client is still slow: keep the pair in step
         if not self.peer_held:
             self.peer_held = True
             self.service.balancer.acquire(self.peer)  # type: ignore[union-attr]
@@ -392,17 +394,24 @@ class Exchange:
             out.clear()
 
     # ------------------------------------------------------------------ failures
-    def upstream_protocol_error(self, reason: str) -> None:
-        log.warning("upstream %s sent an invalid response: %s", self.peer and f"{self.peer.ip}:{self.peer.port}", reason)
-        conn = self.upstream
+    def drop_upstream(self) -> None:
+        """Let go of the target and close the upstream connection (it is not reusable)."""
         self.release_peer()
+        conn = self.upstream
         if conn is not None:
             self.upstream = None
             conn.close()
+
+    def _give_up(self, status: int, message: str) -> None:
+        self.drop_upstream()
         if self.resp_started:
             self.client.abort()
         else:
-            self.client.respond_error(self, 502, "An invalid response was received from the upstream server")
+            self.client.respond_error(self, status, message)
+
+    def upstream_protocol_error(self, reason: str) -> None:
+        log.warning("upstream %s sent an invalid response: %s", self.peer and self.peer.address, reason)
+        self._give_up(502, "An invalid response was received from the upstream server")
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
@@ -438,15 +447,7 @@ class Exchange:
         return True
 
     def timed_out(self) -> None:
-        self.release_peer()
-        conn = self.upstream
-        if conn is not None:
-            self.upstream = None
-            conn.close()
-        if self.resp_started:
-            self.client.abort()
-        else:
-            self.client.respond_error(self, 504, "The upstream server is timing out")
+        self._give_up(504, "The upstream server is timing out")
 
     def rid(self) -> str:
         if self.request_id is None:

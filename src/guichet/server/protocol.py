@@ -72,6 +72,7 @@ class ClientProtocol(asyncio.Protocol):
         self.header_count = 0
         self.pending_error: tuple[int, str] | None = None
         self.paused_for_upstream = False
+        self.reading_paused = False
         self.paused_since = 0.0
         self.paused_for_pipeline = False
         self.write_paused = False
@@ -110,11 +111,7 @@ class ClientProtocol(asyncio.Protocol):
         self.queue.clear()
         if ex is not None and ex.state != DONE:
             ex.state = DONE
-            ex.release_peer()
-            conn = ex.upstream
-            if conn is not None:
-                ex.upstream = None
-                conn.close()
+            ex.drop_upstream()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -157,8 +154,8 @@ class ClientProtocol(asyncio.Protocol):
             self.tunnel.client_pause_writing()
             return
         ex = self.active
-        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
-            ex.upstream.transport.pause_reading()
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -166,21 +163,32 @@ class ClientProtocol(asyncio.Protocol):
             self.tunnel.client_resume_writing()
             return
         ex = self.active
-        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
-            ex.upstream.transport.resume_reading()
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+
+    def _apply_reading(self) -> None:
+        """Reading pauses for several reasons at once; it resumes when none is left."""
+        want_paused = (self.paused_for_upstream or self.paused_for_pipeline or self.upgrading
+                       or self.pending_error is not None)
+        if want_paused != self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = want_paused
+            if want_paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def pause_reading_for_upstream(self) -> None:
-        if not self.paused_for_upstream and self.transport is not None:
+        if not self.paused_for_upstream:
             self.paused_for_upstream = True
             self.paused_since = self.rt.now
-            self.transport.pause_reading()
+            self._apply_reading()
 
     def resume_reading_for_upstream(self) -> None:
-        if self.paused_for_upstream and self.transport is not None and not self.closed:
+        if self.paused_for_upstream:
             self.paused_for_upstream = False
             if self.read_kind == R_BODY:
                 self.read_deadline = self.rt.now + self.rt.settings.client_body_timeout
-            self.transport.resume_reading()
+            self._apply_reading()
 
     # ------------------------------------------------------------------ httptools callbacks
     def on_message_begin(self) -> None:
@@ -292,10 +300,10 @@ class ClientProtocol(asyncio.Protocol):
                 ex.body_complete = True
             else:
                 ex.body_done()
-        if self.queue and not self.paused_for_pipeline and self.transport is not None:
+        if self.queue and not self.paused_for_pipeline:
             # A pipelined request is waiting: read no further until it is answered.
             self.paused_for_pipeline = True
-            self.transport.pause_reading()
+            self._apply_reading()
 
     # ------------------------------------------------------------------ routing
     def dispatch(self, ex: Exchange) -> None:
@@ -433,18 +441,13 @@ class ClientProtocol(asyncio.Protocol):
         active = self.active
         self.pending_error = (status, message)
         if active is not None and active is not ex and active.state != DONE:
-            if self.transport is not None:
-                self.transport.pause_reading()
+            self._apply_reading()
             return
         if active is not None:
             if active.resp_started:
                 self.abort()
                 return
-            active.release_peer()
-            conn = active.upstream
-            if conn is not None:
-                active.upstream = None
-                conn.close()
+            active.drop_upstream()
             active.state = DONE
         self._write_pending_error_and_close()
 
@@ -461,11 +464,7 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.active
         if ex is not None:
             ex.state = DONE
-            ex.release_peer()
-            if ex.upstream is not None:
-                conn = ex.upstream
-                ex.upstream = None
-                conn.close()
+            ex.drop_upstream()
         if self.transport is not None:
             self.transport.abort()
 
@@ -486,14 +485,14 @@ class ClientProtocol(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.pop(0)
             self.active = nxt
-            if self.paused_for_pipeline and not self.queue and self.transport is not None:
+            if self.paused_for_pipeline and not self.queue:
                 self.paused_for_pipeline = False
-                self.transport.resume_reading()
+                self._apply_reading()
             self.dispatch(nxt)
             return
-        if self.paused_for_pipeline and self.transport is not None:
+        if self.paused_for_pipeline:
             self.paused_for_pipeline = False
-            self.transport.resume_reading()
+            self._apply_reading()
         if self.current is None:
             self.read_kind = R_IDLE
             self.read_deadline = self.rt.now + self.rt.settings.keepalive_timeout
@@ -511,8 +510,7 @@ class ClientProtocol(asyncio.Protocol):
         self.upgrading = True
         if rest:
             self.ws_early.append(rest)
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._apply_reading()
 
     def start_tunnel(self, ex: Exchange, conn: "UpstreamConnection", upstream_rest: bytes) -> None:
         from guichet.server.tunnel import Tunnel
@@ -538,6 +536,7 @@ class ClientProtocol(asyncio.Protocol):
         conn.exchange = None
         self.active = None
         self.upgrading = False
+        self.paused_for_upstream = self.paused_for_pipeline = False
         early = b"".join(self.ws_early)
         self.ws_early = []
         self.tunnel = Tunnel(self, conn, self.rt,

@@ -46,8 +46,8 @@ class Tunnel:
             self.from_upstream(early_upstream)
         if early_client and not self.closed:
             self.from_client(early_client)
-        if not self.closed and self.client.transport is not None:
-            self.client.transport.resume_reading()
+        if not self.closed:
+            self.client._apply_reading()
 
     def from_client(self, data: bytes) -> None:
         if self.closed or self.client_said_close:

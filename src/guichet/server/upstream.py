@@ -27,7 +27,7 @@ PoolKey = tuple[str, int, bool, str]
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "key", "transport", "parser", "exchange", "requests", "idle_since",
-        "closed", "tunnel", "in_head", "head_buf", "max_head",
+        "closed", "tunnel", "in_head", "head_buf", "max_head", "paused",
     )
 
     def __init__(self, pool: "UpstreamPool", key: PoolKey) -> None:
@@ -43,6 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_head = False
         self.head_buf = b""
         self.max_head = pool.max_head
+        self.paused = False  # reading paused because the client cannot keep up
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,6 +136,18 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             ex.resp_complete(self.parser.should_keep_alive())
 
+    # -- flow control toward the client ------------------------------------------
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     # -- life cycle --------------------------------------------------------------
     def reset_parser(self) -> None:
         self.parser = HttpResponseParser(self)
@@ -174,6 +187,9 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection, now: float) -> None:
         conn.exchange = None
         conn.requests += 1
+        # A connection may come back while paused for a slow client (its response ended
+        # while the client's buffer was full): it must idle, and serve next, unpaused.
+        conn.resume_reading()
         if conn.closed or self.size == 0 or conn.requests >= self.max_requests:
             conn.close()
             return
