@@ -46,13 +46,30 @@ REWRITTEN_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"via"}
 
 VIA = b"1.1 guichet"
 
-# Response heads are rewritten from their raw bytes (llhttp has validated them, so a field
-# name is followed directly by its colon): one regex pass over the lower-cased head finds
-# the fields the gateway handles itself; every other line is copied as it came.
-_HANDLED = re.compile(
-    rb"\r\n(?:(content-length)|(transfer-encoding)|(connection)|(via)|keep-alive|te|trailer|"
-    rb"upgrade|proxy-(?:connection|authorization|authenticate)):"
-)
+# Response heads are rewritten from their raw bytes (llhttp has validated them). Each line
+# is classified once and the answer cached by the whole line: upstreams send the same
+# lines again and again ("Server: nginx", "Connection: keep-alive"), so most lines cost
+# one dict lookup. Lines whose values vary (Date, Content-Length) only add entries; the
+# cache is emptied when it holds _LINE_CACHE_MAX of them.
+PASS, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, VIA_FIELD, DROP = range(6)
+_KIND_BY_NAME = {
+    b"content-length": CONTENT_LENGTH, b"transfer-encoding": TRANSFER_ENCODING,
+    b"connection": CONNECTION, b"via": VIA_FIELD,
+}
+_LINE_KINDS: dict[bytes, int] = {}
+_LINE_CACHE_MAX = 8192
+
+
+def _line_kind(line: bytes) -> int:
+    name = line.partition(b":")[0].strip().lower()
+    kind = _KIND_BY_NAME.get(name)
+    if kind is None:
+        kind = DROP if name in HOP_BY_HOP else PASS
+    if len(line) <= 200:  # long lines (cookies, tokens) are classified, never kept
+        if len(_LINE_KINDS) >= _LINE_CACHE_MAX:
+            _LINE_KINDS.clear()
+        _LINE_KINDS[line] = kind
+    return kind
 
 
 class ResponseHead:
@@ -67,30 +84,36 @@ class ResponseHead:
         self.connection: list[bytes] = []
         self.via: bytes | None = None
         self.differing_cl = False
-        start = head.find(b"\r\n")
-        pieces: list[bytes] = []
-        last = start + 2
-        for m in _HANDLED.finditer(head.lower(), start):
-            at = m.start()
-            end = head.find(b"\r\n", m.end())
-            pieces.append(head[last:at + 2])
-            last = end + 2
-            value = head[m.end():end].strip()
-            if m.group(1):
+        lines = head.split(b"\r\n")
+        last = len(lines) - 1  # the empty string after the final CRLF
+        kinds = _LINE_KINDS
+        kept = []
+        for i in range(1, last):
+            line = lines[i]
+            kind = kinds.get(line)
+            if kind is None:
+                kind = _line_kind(line)
+            if kind == PASS:
+                kept.append(line)
+                continue
+            if kind == DROP:
+                continue
+            value = line.partition(b":")[2].strip()
+            if kind == CONTENT_LENGTH:
                 if self.content_length is not None and self.content_length != value:
                     self.differing_cl = True
                 self.content_length = value
-            elif m.group(2):
-                self.transfer_encoding = value
-            elif m.group(3):
+            elif kind == CONNECTION:
                 self.connection.append(value)
-            elif m.group(4):
+            elif kind == TRANSFER_ENCODING:
+                self.transfer_encoding = value
+            else:
                 self.via = value if self.via is None else self.via + b", " + value
-        if pieces:
-            pieces.append(head[last:])
-            self.kept = b"".join(pieces)
+        if kept:
+            kept.append(b"")
+            self.kept = b"\r\n".join(kept)
         else:
-            self.kept = head[last:]
+            self.kept = b""
 
     def drop_named(self, named: frozenset[bytes]) -> None:
         """Remove the fields a Connection header listed (rare: the slow path)."""

@@ -246,7 +246,10 @@ class ClientProtocol(asyncio.Protocol):
         assert ex is not None
         parser = self.parser
         ex.method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version[0] != "1":
+            raise _Reject(505, "HTTP version not supported")
+        ex.http10 = version == "1.0"
         ex.keep_alive = parser.should_keep_alive()
         if ex.chunked:
             if ex.content_length is not None:
