@@ -2,9 +2,8 @@
 
 Rules, in the order they are applied:
 
-* Field values may not contain NUL, bare CR/LF or other controls except HTAB (§3); the
-  parser (llhttp, strict mode) already refuses bad names, whitespace before the colon and
-  obs-fold; the checks here cover what it lets through.
+* Field names and values are checked by the parser (llhttp in strict mode: token names,
+  no control but HTAB in values, no obs-fold, no whitespace before the colon) (§3).
 * Hop-by-hop fields are dropped toward the upstream and toward the client: Connection and
   every field it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
   Upgrade (kept only inside a validated WebSocket handshake), Proxy-Authorization and
@@ -21,11 +20,7 @@ Rules, in the order they are applied:
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Iterable
-
-# Values: no controls except HTAB (obs-text 0x80-0xFF is allowed, RFC 9110 §5.5).
-BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 
 HOP_BY_HOP = frozenset(
     {
