@@ -28,11 +28,14 @@ _versions = itertools.count(1)
 class CompiledService:
     __slots__ = ("service", "balancer", "tls", "verify", "connect_timeout", "read_timeout",
                  "write_timeout", "retries", "_host_header", "_hosts", "_default_port",
-                 "_pool_keys", "path")
+                 "_pool_keys", "path", "counts_inflight")
 
-    def __init__(self, service: Service, balancer: Balancer, host_header: str | None) -> None:
+    def __init__(self, service: Service, balancer: Balancer, host_header: str | None,
+                 counts_inflight: bool = False) -> None:
         self.service = service
         self.balancer = balancer
+        # Only least-connections reads in-flight counts; others skip the bookkeeping.
+        self.counts_inflight = counts_inflight
         self.tls = service.protocol in ("https", "wss")
         self.verify = bool(service.tls_verify)
         self.connect_timeout = service.connect_timeout / 1000.0
@@ -42,31 +45,34 @@ class CompiledService:
         self.path = service.path
         self._host_header = host_header.encode() if host_header else None
         self._default_port = _DEFAULT_PORTS.get(service.protocol, 80)
-        self._hosts: dict[tuple[str, int], bytes] = {}
-        self._pool_keys: dict[tuple[str, int], tuple[str, int, bool, str]] = {}
+        # Caches keyed by the Peer object itself (peers hash by identity).
+        self._hosts: dict[Any, bytes] = {}
+        self._pool_keys: dict[Any, tuple[str, int, bool, str]] = {}
 
     def host_header(self, peer: Any) -> bytes:
         """Kong's rule: the upstream's host_header, else the target's name (plus a port
         that is not the protocol's default)."""
         if self._host_header is not None:
             return self._host_header
-        key = (peer.hostname, peer.port)
-        value = self._hosts.get(key)
+        value = self._hosts.get(peer)
         if value is None:
             name = peer.hostname
             if ":" in name and not name.startswith("["):
                 name = f"[{name}]"
             value = name if peer.port == self._default_port else f"{name}:{peer.port}"
             value = value.encode()
-            self._hosts[key] = value
+            if len(self._hosts) > 4096:
+                self._hosts.clear()
+            self._hosts[peer] = value
         return value
 
     def pool_key(self, peer: Any) -> tuple[str, int, bool, str]:
-        key = (peer.ip, peer.port)
-        pk = self._pool_keys.get(key)
+        pk = self._pool_keys.get(peer)
         if pk is None:
             pk = (peer.ip, peer.port, self.tls, peer.hostname if self.tls else "")
-            self._pool_keys[key] = pk
+            if len(self._pool_keys) > 4096:
+                self._pool_keys.clear()
+            self._pool_keys[peer] = pk
         return pk
 
     def upstream_path(self, match: Any, request_path: str) -> str:
@@ -107,8 +113,9 @@ def compile_snapshot(config: Config, resolver: Resolver) -> Snapshot:
     balancers = build_balancers(enabled, upstreams, resolver)
     for service in enabled:
         upstream = upstreams.get(service.host)
-        services[service.id] = CompiledService(service, balancers[service.id],
-                                               upstream.host_header if upstream else None)
+        services[service.id] = CompiledService(
+            service, balancers[service.id], upstream.host_header if upstream else None,
+            counts_inflight=upstream is not None and upstream.algorithm == "least-connections")
     # Routes of a disabled service are not matched (Kong).
     router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
     return Snapshot(config, router, services)

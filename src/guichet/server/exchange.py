@@ -176,6 +176,11 @@ class Exchange:
         value = caps.get(name)
         return None if value is None else str(value)
 
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The request's headers as a mapping for the router (lower-case names; repeated
+        fields joined with ", "), built only when a route asks."""
+        return self.lazy_headers().get(name, default)
+
     def lazy_headers(self) -> dict[str, str]:
         d = self._lazy_headers
         if d is None:
@@ -241,15 +246,17 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
-        conn.expect_response()
+        rt = self.client.rt
+        svc = self.service
+        conn.expect_response(rt, svc.read_timeout)  # type: ignore[union-attr]
         if self.client.write_paused:
             conn.pause_reading()  # the client is still slow: keep the pair in step
-        if not self.peer_held:
+        if not self.peer_held and svc.counts_inflight:  # type: ignore[union-attr]
             self.peer_held = True
-            self.service.balancer.acquire(self.peer)  # type: ignore[union-attr]
+            svc.balancer.acquire(self.peer)  # type: ignore[union-attr]
         conn.exchange = self
         self.state = SENT
-        self.deadline = self.client.rt.now + self.service.read_timeout  # type: ignore[union-attr]
+        self.deadline = rt.now + svc.read_timeout  # type: ignore[union-attr]
         transport = conn.transport
         assert transport is not None
         head = self.client.build_upstream_head(self, conn)
@@ -271,32 +278,29 @@ class Exchange:
     def upstream_activity(self) -> None:
         self.deadline = self.client.rt.now + self.service.read_timeout  # type: ignore[union-attr]
 
+
     # ------------------------------------------------------------------ response
     def resp_headers_complete(self, status: int, head: bytes) -> None:
         """The upstream's head is in (raw bytes, validated by llhttp): write the client's."""
-        if 100 <= status < 200 and status != 101:
+        if status < 200 and (status >= 100):
+            if status == 101:
+                self.resp_status = 101
+                self.resp_headers = H.parse_header_lines(head)
+                return  # the upgrade path (resp_upgrade) takes over
             # Interim response (100 Continue, 103): the gateway handles Expect itself.
             self.interim = True
             return
         self.resp_status = status
-        if status == 101:
-            self.resp_headers = H.parse_header_lines(head)
-            return  # the upgrade path (resp_upgrade) takes over
-        rh = H.ResponseHead(head)
-        cl = rh.content_length
-        if cl is not None:
-            if rh.transfer_encoding is not None:
-                raise _UpstreamFraming("Content-Length with Transfer-Encoding")
-            if rh.differing_cl or not cl.isdigit():
-                raise _UpstreamFraming("invalid Content-Length")
-        for value in rh.connection:
-            extra = H.connection_extra_names(value)
-            if extra:
-                rh.drop_named(extra)
-        via = rh.via
-        client = self.client
+        kept, cl, te, conns, via, differing_cl = H.parse_response_head(head)
+        if cl is not None and (te is not None or differing_cl or not cl.isdigit()):
+            raise _UpstreamFraming("invalid or ambiguous Content-Length")
+        if conns is not None:
+            for value in conns:
+                extra = H.connection_extra_names(value)
+                if extra:
+                    kept = H.drop_named(kept, extra)
         head_req = self.method == b"HEAD"
-        if head_req or status in (204, 304):
+        if head_req or status == 204 or status == 304:
             mode = NO_BODY
             framing = b"Content-Length: " + cl + b"\r\n" if (cl is not None and status != 204) else b""
         elif cl is not None:
@@ -309,24 +313,24 @@ class Exchange:
         else:
             mode = CHUNKED
             framing = b"Transfer-Encoding: chunked\r\n"
-        if not self.body_complete:
-            # The upstream answered before the whole request arrived: the rest of the
-            # request body cannot be told from a next request; close after this one.
-            self.keep_alive = False
         self.resp_mode = mode
-        if client.rt.draining:
+        # The upstream may answer before the whole request arrived: the rest of the
+        # request body cannot be told from a next request, so close after this one.
+        if not self.body_complete or self.client.rt.draining:
             self.keep_alive = False
-        conn_header = b""
-        if not self.keep_alive:
-            conn_header = b"Connection: close\r\n"
-        elif self.http10:
-            conn_header = b"Connection: keep-alive\r\n"
-        via_header = b"Via: " + via + b", 1.1 guichet\r\n" if via else b"Via: 1.1 guichet\r\n"
-        if self.set_cookie is not None:
-            # consistent-hashing on a cookie the client did not have yet (Kong does this)
-            name, value, path = self.set_cookie
-            via_header += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
-        self.out = [b"".join((status_line(status), rh.kept, framing, via_header, conn_header, b"\r\n"))]
+        if self.keep_alive:
+            tail = b"Connection: keep-alive\r\n\r\n" if self.http10 else b"\r\n"
+        else:
+            tail = b"Connection: close\r\n\r\n"
+        if self.set_cookie is None and via is None:
+            extra_lines = b"Via: 1.1 guichet\r\n"
+        else:
+            extra_lines = b"Via: " + via + b", 1.1 guichet\r\n" if via else b"Via: 1.1 guichet\r\n"
+            if self.set_cookie is not None:
+                # consistent-hashing on a cookie the client did not have yet (Kong does this)
+                name, value, path = self.set_cookie
+                extra_lines += f"Set-Cookie: {name}={value}; Path={path}; Same-Site=Lax; HttpOnly\r\n".encode("latin-1")
+        self.out = [b"".join((status_line(status), kept, framing, extra_lines, tail))]
         self.resp_started = True
         self.state = RESPONDING
         if head_req and self.upstream is not None:

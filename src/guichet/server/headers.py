@@ -46,77 +46,74 @@ VIA = b"1.1 guichet"
 # lines again and again ("Server: nginx", "Connection: keep-alive"), so most lines cost
 # one dict lookup. Lines whose values vary (Date, Content-Length) only add entries; the
 # cache is emptied when it holds _LINE_CACHE_MAX of them.
-PASS, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, VIA_FIELD, DROP = range(6)
+CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, VIA_FIELD, DROP = range(1, 6)
 _KIND_BY_NAME = {
     b"content-length": CONTENT_LENGTH, b"transfer-encoding": TRANSFER_ENCODING,
     b"connection": CONNECTION, b"via": VIA_FIELD,
 }
-_LINE_KINDS: dict[bytes, int] = {}
+_PASS = (0, b"")
+_LINE_INFO: dict[bytes, tuple[int, bytes]] = {}
 _LINE_CACHE_MAX = 8192
 
 
-def _line_kind(line: bytes) -> int:
-    name = line.partition(b":")[0].strip().lower()
+def _line_info(line: bytes) -> tuple[int, bytes]:
+    name, _, value = line.partition(b":")
+    name = name.strip().lower()
     kind = _KIND_BY_NAME.get(name)
-    if kind is None:
-        kind = DROP if name in HOP_BY_HOP else PASS
+    if kind is None and name not in HOP_BY_HOP:
+        info = _PASS
+    else:
+        info = (kind or DROP, value.strip())
     if len(line) <= 200:  # long lines (cookies, tokens) are classified, never kept
-        if len(_LINE_KINDS) >= _LINE_CACHE_MAX:
-            _LINE_KINDS.clear()
-        _LINE_KINDS[line] = kind
-    return kind
+        if len(_LINE_INFO) >= _LINE_CACHE_MAX:
+            _LINE_INFO.clear()
+        _LINE_INFO[line] = info
+    return info
 
 
-class ResponseHead:
-    """The parts of an upstream response head the gateway needs, and the rest as bytes."""
+def parse_response_head(
+    head: bytes,
+) -> tuple[bytes, bytes | None, bytes | None, list[bytes] | None, bytes | None, bool]:
+    """Split an upstream head ("HTTP/1.1 200 OK\\r\\nName: value\\r\\n...", no blank
+    line) into what the client gets as it came (``kept``: lines ending in CRLF) and what
+    the gateway handles itself: Content-Length, Transfer-Encoding, Connection values, Via,
+    and whether Content-Length fields differ. A plain tuple: this runs per response."""
+    lines = head.split(b"\r\n")
+    kept = []
+    cl = te = via = None
+    conns: list[bytes] | None = None
+    differing = False
+    get = _LINE_INFO.get
+    for i in range(1, len(lines) - 1):
+        line = lines[i]
+        info = get(line)
+        if info is None:
+            info = _line_info(line)
+        if info is _PASS:
+            kept.append(line)
+            continue
+        kind, value = info
+        if kind == CONTENT_LENGTH:
+            if cl is not None and cl != value:
+                differing = True
+            cl = value
+        elif kind == CONNECTION:
+            conns = [value] if conns is None else conns + [value]
+        elif kind == TRANSFER_ENCODING:
+            te = value
+        elif kind == VIA_FIELD:
+            via = value if via is None else via + b", " + value
+    if kept:
+        kept.append(b"")
+        return b"\r\n".join(kept), cl, te, conns, via, differing
+    return b"", cl, te, conns, via, differing
 
-    __slots__ = ("kept", "content_length", "transfer_encoding", "connection", "via", "differing_cl")
 
-    def __init__(self, head: bytes) -> None:
-        # ``head`` is "HTTP/1.1 200 OK\r\nName: value\r\n...Name: value\r\n" (no blank line).
-        self.content_length: bytes | None = None
-        self.transfer_encoding: bytes | None = None
-        self.connection: list[bytes] = []
-        self.via: bytes | None = None
-        self.differing_cl = False
-        lines = head.split(b"\r\n")
-        last = len(lines) - 1  # the empty string after the final CRLF
-        kinds = _LINE_KINDS
-        kept = []
-        for i in range(1, last):
-            line = lines[i]
-            kind = kinds.get(line)
-            if kind is None:
-                kind = _line_kind(line)
-            if kind == PASS:
-                kept.append(line)
-                continue
-            if kind == DROP:
-                continue
-            value = line.partition(b":")[2].strip()
-            if kind == CONTENT_LENGTH:
-                if self.content_length is not None and self.content_length != value:
-                    self.differing_cl = True
-                self.content_length = value
-            elif kind == CONNECTION:
-                self.connection.append(value)
-            elif kind == TRANSFER_ENCODING:
-                self.transfer_encoding = value
-            else:
-                self.via = value if self.via is None else self.via + b", " + value
-        if kept:
-            kept.append(b"")
-            self.kept = b"\r\n".join(kept)
-        else:
-            self.kept = b""
-
-    def drop_named(self, named: frozenset[bytes]) -> None:
-        """Remove the fields a Connection header listed (rare: the slow path)."""
-        lines = self.kept.split(b"\r\n")
-        self.kept = b"\r\n".join(
-            line for line in lines if line and line.split(b":", 1)[0].strip().lower() not in named)
-        if self.kept:
-            self.kept += b"\r\n"
+def drop_named(kept: bytes, named: frozenset[bytes]) -> bytes:
+    """Remove from ``kept`` the fields a Connection header listed (rare: the slow path)."""
+    lines = [line for line in kept.split(b"\r\n")
+             if line and line.split(b":", 1)[0].strip().lower() not in named]
+    return b"\r\n".join(lines) + b"\r\n" if lines else b""
 
 
 def parse_header_lines(head: bytes) -> list[tuple[bytes, bytes]]:

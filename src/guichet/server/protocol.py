@@ -42,6 +42,7 @@ log = logging.getLogger("guichet.server")
 # what the read deadline means when it passes
 R_NONE, R_IDLE, R_HEAD, R_BODY = 0, 1, 2, 3
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 
 
 class _Reject(Exception):
@@ -329,8 +330,8 @@ class ClientProtocol(asyncio.Protocol):
             self.respond_error(ex, 400, exc.message, close=True)
             return
         host = ex.host.decode("latin-1")  # type: ignore[union-attr]
-        match = snap.router.match(ex.method.decode("latin-1"), host, ex.path, _HeaderView(ex),
-                                  self.scheme, self.sni)
+        method = _METHODS.get(ex.method) or ex.method.decode("latin-1")
+        match = snap.router.match(method, host, ex.path, ex, self.scheme, self.sni)
         if match is None:
             self.respond_error(ex, 404, "no Route matched with those values")
             return
@@ -591,33 +592,3 @@ def _host_without_port(host: bytes) -> bytes:
         end = host.find(b"]")
         return host[: end + 1] if end > 0 else host
     return host.split(b":", 1)[0]
-
-
-class _HeaderView:
-    """A read-only mapping of lower-case header names, built only if a route asks."""
-
-    __slots__ = ("_ex",)
-
-    def __init__(self, ex: Exchange) -> None:
-        self._ex = ex
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._ex.lazy_headers().get(name, default)
-
-    def __getitem__(self, name: str) -> str:
-        return self._ex.lazy_headers()[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._ex.lazy_headers()
-
-    def __iter__(self):
-        return iter(self._ex.lazy_headers())
-
-    def __len__(self) -> int:
-        return len(self._ex.lazy_headers())
-
-    def items(self):
-        return self._ex.lazy_headers().items()
-
-    def keys(self):
-        return self._ex.lazy_headers().keys()

@@ -27,7 +27,8 @@ PoolKey = tuple[str, int, bool, str]
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "key", "transport", "parser", "exchange", "requests", "idle_since",
-        "closed", "tunnel", "in_head", "head_buf", "max_head", "paused",
+        "closed", "tunnel", "in_head", "head_buf", "max_head", "paused", "clock",
+        "read_timeout",
     )
 
     def __init__(self, pool: "UpstreamPool", key: PoolKey) -> None:
@@ -44,6 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_buf = b""
         self.max_head = pool.max_head
         self.paused = False  # reading paused because the client cannot keep up
+        self.clock: Any = None  # the worker Runtime (its coarse ``now``), set when used
+        self.read_timeout = 60.0
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,7 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes from an idle connection: the upstream is confused; never reuse it.
             self.close()
             return
-        ex.upstream_activity()
+        ex.deadline = self.clock.now + self.read_timeout
         if self.in_head:
             self.head_buf = self.head_buf + data if self.head_buf else data
         try:
@@ -108,10 +111,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.upstream_resume_writing()
 
     # -- httptools callbacks -------------------------------------------------------
-    def expect_response(self) -> None:
+    def expect_response(self, clock: Any, read_timeout: float) -> None:
         """A request was sent: the next bytes start a response head."""
         self.in_head = True
         self.head_buf = b""
+        self.clock = clock
+        self.read_timeout = read_timeout
 
     def on_headers_complete(self) -> None:
         buf = self.head_buf
