@@ -91,17 +91,17 @@ class UpstreamError(GuichetError):
     message = "An invalid response was received from the upstream server"
 
 
+# Kong answers every 502 with the same message; so does guichet (the log says which).
 class UpstreamConnectError(UpstreamError):
     retry_safe = True
-    message = "The upstream server could not be reached"
 
 
 class UpstreamProtocolError(UpstreamError):
-    message = "An invalid response was received from the upstream server"
+    pass
 
 
 class UpstreamReset(UpstreamError):
-    message = "The upstream server closed the connection before responding"
+    pass
 
 
 class UpstreamTimeout(UpstreamError):

@@ -55,7 +55,7 @@ class Master:
         self.reloads = 0
         self.last_reload: dict[str, Any] = {"ok": True, "error": None, "at": None}
         self.stopping = False
-        self._file_sig: tuple[float, int, str] | None = None
+        self._file_sig: tuple[float, int] | None = None
         self._text_digest = ""
         self._failures: list[str] = []
         self._exit_code = 0
@@ -113,12 +113,12 @@ class Master:
                 pass
 
     # -- reload --------------------------------------------------------------------
-    def _signature(self) -> tuple[float, int, str] | None:
+    def _signature(self) -> tuple[float, int] | None:
         try:
             st = os.stat(self.config_path)
         except OSError:
             return None
-        return (st.st_mtime, st.st_size, "")
+        return (st.st_mtime, st.st_size)
 
     def reload(self, reason: str) -> None:
         try:

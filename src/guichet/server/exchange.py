@@ -28,9 +28,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from guichet.errors import NoHealthyUpstream
+from guichet.errors import (
+    GuichetError,
+    NoHealthyUpstream,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from guichet.server import headers as H
-from guichet.server.responses import REQUEST_IDS, error_response, render, status_line
+from guichet.server.responses import REQUEST_IDS, status_line
 from guichet.server.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -224,25 +231,25 @@ class Exchange:
             conn = await rt.pool.connect(svc.pool_key(peer), svc.connect_timeout, rt.loop, svc.verify)
         except asyncio.TimeoutError:
             svc.balancer.mark_refused(peer)
-            self._connect_failed(504, "The upstream server is timing out")
+            self._connect_failed(UpstreamTimeout)
             return
         except (OSError, ValueError) as exc:
             log.info("connect to %s:%s failed: %s", peer.ip, peer.port, exc)
             svc.balancer.mark_refused(peer)
-            self._connect_failed(502, "An invalid response was received from the upstream server")
+            self._connect_failed(UpstreamConnectError)
             return
         if self.state != CONNECTING or self.client.closed:
             conn.close() if self.ws_key else rt.pool.release(conn, rt.now)
             return
         self.attach(conn)
 
-    def _connect_failed(self, status: int, message: str) -> None:
+    def _connect_failed(self, error: type[GuichetError]) -> None:
         if self.state != CONNECTING:
             return
         if len(self.tried) <= self.service.retries:  # type: ignore[union-attr]
             self.start_upstream()
         else:
-            self.client.respond_error(self, status, message)
+            self.client.respond_error(self, error.status, error.message)
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
@@ -293,7 +300,7 @@ class Exchange:
         self.resp_status = status
         kept, cl, te, conns, via, differing_cl = H.parse_response_head(head)
         if cl is not None and (te is not None or differing_cl or not cl.isdigit()):
-            raise _UpstreamFraming("invalid or ambiguous Content-Length")
+            raise UpstreamProtocolError("invalid or ambiguous Content-Length")
         if conns is not None:
             for value in conns:
                 extra = H.connection_extra_names(value)
@@ -406,16 +413,16 @@ class Exchange:
             self.upstream = None
             conn.close()
 
-    def _give_up(self, status: int, message: str) -> None:
+    def _give_up(self, error: type[GuichetError]) -> None:
         self.drop_upstream()
         if self.resp_started:
             self.client.abort()
         else:
-            self.client.respond_error(self, status, message)
+            self.client.respond_error(self, error.status, error.message)
 
     def upstream_protocol_error(self, reason: str) -> None:
         log.warning("upstream %s sent an invalid response: %s", self.peer and self.peer.address, reason)
-        self._give_up(502, "An invalid response was received from the upstream server")
+        self._give_up(UpstreamProtocolError)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
@@ -435,7 +442,7 @@ class Exchange:
             self.state = QUEUED
             self.start_upstream()
             return
-        self.client.respond_error(self, 502, "An invalid response was received from the upstream server")
+        self.client.respond_error(self, UpstreamReset.status, UpstreamReset.message)
 
     def may_retry(self) -> bool:
         if len(self.tried) > self.service.retries:  # type: ignore[union-attr]
@@ -451,7 +458,7 @@ class Exchange:
         return True
 
     def timed_out(self) -> None:
-        self._give_up(504, "The upstream server is timing out")
+        self._give_up(UpstreamTimeout)
 
     def rid(self) -> str:
         if self.request_id is None:
@@ -459,11 +466,3 @@ class Exchange:
         return self.request_id
 
 
-class _UpstreamFraming(Exception):
-    pass
-
-
-UPSTREAM_FAULTS = (_UpstreamFraming,)
-
-
-__all__ = ["Exchange", "UPSTREAM_FAULTS", "render", "error_response"]
