@@ -6,10 +6,12 @@
     ├── ConfigError                   (config: a document failed to load; carries every issue)
     ├── ClientError                   (client: the request is at fault; closes the connection)
     │   ├── BadRequest               400
+    │   ├── MethodNotAllowed         405 (CONNECT, TRACE)
     │   ├── RequestTimeout           408
     │   ├── PayloadTooLarge          413
     │   ├── URITooLong               414
-    │   └── HeaderFieldsTooLarge     431
+    │   ├── HeaderFieldsTooLarge     431
+    │   └── VersionNotSupported      505
     └── UpstreamError                 (upstream: the service behind us is at fault)
         ├── UpstreamConnectError     502, retry safe (nothing was sent)
         ├── UpstreamProtocolError    502 (bad status line, bad framing, oversized head)
@@ -63,6 +65,16 @@ class ClientError(GuichetError):
 class BadRequest(ClientError):
     status = 400
     message = "Bad request"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    message = "Method not allowed"
+
+
+class VersionNotSupported(ClientError):
+    status = 505
+    message = "HTTP version not supported"
 
 
 class RequestTimeout(ClientError):

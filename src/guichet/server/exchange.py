@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from guichet.errors import (
     GuichetError,
     NoHealthyUpstream,
+    PayloadTooLarge,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamReset,
@@ -109,7 +110,7 @@ class Exchange:
         self.body_received += len(data)
         limit = self.client.rt.settings.client_max_body_size
         if limit and self.body_received > limit:
-            self.client.fail(413, "Request size limit exceeded", self)
+            self.client.fail(PayloadTooLarge.status, PayloadTooLarge.message, self)
             return
         if self.replayable:
             if self.replay_size + len(data) <= REPLAY_LIMIT:

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from guichet import websocket
-from guichet.errors import BadRequest
+from guichet.errors import (
+    BadRequest,
+    ClientError,
+    HeaderFieldsTooLarge,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestTimeout,
+    URITooLong,
+    VersionNotSupported,
+)
 from guichet.server import headers as H
 from guichet.server.exchange import DONE, HEAD, QUEUED, RESPONDING, SENT, Exchange
 from guichet.server.responses import error_response
@@ -43,13 +52,6 @@ log = logging.getLogger("guichet.server")
 R_NONE, R_IDLE, R_HEAD, R_BODY = 0, 1, 2, 3
 _SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -131,10 +133,8 @@ class ClientProtocol(asyncio.Protocol):
             self._upgrade(data[upg.args[0]:])
         except HttpParserError as exc:
             cause = exc.__context__
-            if isinstance(cause, _Reject):
+            if isinstance(cause, ClientError):
                 self.fail(cause.status, cause.message)
-            elif isinstance(cause, BadRequest):
-                self.fail(400, cause.message)
             elif cause is not None and not isinstance(cause, HttpParserError):
                 log.error("internal error while handling a request", exc_info=cause)
                 self.fail(500, "An unexpected error occurred")
@@ -206,7 +206,7 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.current
         ex.url += url  # type: ignore[union-attr]
         if len(ex.url) > self.rt.settings.max_request_line:  # type: ignore[union-attr]
-            raise _Reject(414, "URI too long")
+            raise URITooLong()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Names and values were validated by llhttp in strict mode (tokens only in names;
@@ -215,7 +215,7 @@ class ClientProtocol(asyncio.Protocol):
         self.head_size += len(name) + len(value) + 4
         self.header_count += 1
         if self.head_size > self.max_head or self.header_count > self.max_headers:
-            raise _Reject(431, "Request header fields too large")
+            raise HeaderFieldsTooLarge()
         ex = self.current
         if ex.method:  # type: ignore[union-attr]
             return  # a trailer field (after a chunked body): counted, checked, dropped
@@ -224,18 +224,18 @@ class ClientProtocol(asyncio.Protocol):
         if lname in _SPECIAL:
             if lname == b"host":
                 if ex.host is not None:  # type: ignore[union-attr]
-                    raise _Reject(400, "Bad request: repeated Host header")
+                    raise BadRequest("Bad request: repeated Host header")
                 ex.host = value.strip()  # type: ignore[union-attr]
             elif lname == b"content-length":
                 v = value.strip()
                 if not v.isdigit():
-                    raise _Reject(400, "Bad request: invalid Content-Length")
+                    raise BadRequest("Bad request: invalid Content-Length")
                 if ex.content_length is not None and ex.content_length != int(v):  # type: ignore[union-attr]
-                    raise _Reject(400, "Bad request: differing Content-Length values")
+                    raise BadRequest("Bad request: differing Content-Length values")
                 ex.content_length = int(v)  # type: ignore[union-attr]
             elif lname == b"transfer-encoding":
                 if ex.chunked or value.strip().lower() != b"chunked":  # type: ignore[union-attr]
-                    raise _Reject(400, "Bad request: unsupported Transfer-Encoding")
+                    raise BadRequest("Bad request: unsupported Transfer-Encoding")
                 ex.chunked = True  # type: ignore[union-attr]
             elif lname == b"connection":
                 if ex.conn_names is None:  # type: ignore[union-attr]
@@ -251,24 +251,24 @@ class ClientProtocol(asyncio.Protocol):
         ex.method = parser.get_method()
         version = parser.get_http_version()
         if version[0] != "1":
-            raise _Reject(505, "HTTP version not supported")
+            raise VersionNotSupported()
         ex.http10 = version == "1.0"
         ex.keep_alive = parser.should_keep_alive()
         if ex.chunked:
             if ex.content_length is not None:
-                raise _Reject(400, "Bad request: Content-Length with Transfer-Encoding")
+                raise BadRequest("Bad request: Content-Length with Transfer-Encoding")
             if ex.http10:
-                raise _Reject(400, "Bad request: Transfer-Encoding on HTTP/1.0")
+                raise BadRequest("Bad request: Transfer-Encoding on HTTP/1.0")
             ex.has_body = True
         elif ex.content_length:
             ex.has_body = True
             limit = self.rt.settings.client_max_body_size
             if limit and ex.content_length > limit:
-                raise _Reject(413, "Request size limit exceeded")
+                raise PayloadTooLarge()
         if ex.host is None:
-            raise _Reject(400, "Bad request: missing Host header")
+            raise BadRequest("Bad request: missing Host header")
         if ex.method in (b"CONNECT", b"TRACE"):
-            raise _Reject(405, "Method not allowed")
+            raise MethodNotAllowed()
         if parser.should_upgrade():
             ex.ws_key = websocket.check_upgrade_request(
                 ex.method, 1, 0 if ex.http10 else 1, [(n, v) for n, _, v in ex.headers])
@@ -577,7 +577,7 @@ class ClientProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
             else:
-                self.fail(408, "Request timeout")
+                self.fail(RequestTimeout.status, RequestTimeout.message)
 
     def close_if_idle(self) -> None:
         """Draining: close a keep-alive connection that has nothing in flight."""
