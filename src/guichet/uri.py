@@ -137,3 +137,26 @@ def _remove_dot_segments(path: str) -> str:
         else:
             out.append(seg)
     return "/" + "/".join(out)
+
+
+_TARGETS: dict[bytes, tuple[str, str, str]] = {}
+_TARGET_CACHE_MAX = 4096
+
+
+def parse_target(target: bytes) -> tuple[str, str, str]:
+    """``(path as sent, query, normalised path)`` of a request-target.
+
+    Clients repeat their URLs, so results are cached (targets up to 256 bytes, at most
+    ``_TARGET_CACHE_MAX`` of them; the cache is emptied when full). A target that is
+    refused raises BadRequest and is never cached. ``*`` comes back as ``("*", "", "*")``.
+    """
+    hit = _TARGETS.get(target)
+    if hit is not None:
+        return hit
+    raw, query = split_target(target)
+    result = (raw, query, raw if raw == "*" else normalize_path(raw))
+    if len(target) <= 256:
+        if len(_TARGETS) >= _TARGET_CACHE_MAX:
+            _TARGETS.clear()
+        _TARGETS[target] = result
+    return result

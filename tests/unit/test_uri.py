@@ -109,3 +109,19 @@ def test_absolute_form_authority_is_dropped():
 def test_split_then_normalise():
     path, query = split_target(b"//%61dmin/./x/..?k=%2e")
     assert normalize_path(path) == "/admin/" and query == "k=%2e"
+
+
+def test_parse_target_matches_split_and_normalize_and_is_bounded():
+    from guichet import uri
+
+    for target in (b"/a/../admin?x=1", b"//admin", b"/%61dmin", b"/plain", b"*"):
+        raw, query = uri.split_target(target)
+        expected = (raw, query, raw if raw == "*" else uri.normalize_path(raw))
+        assert uri.parse_target(target) == expected
+        assert uri.parse_target(target) == expected  # from the cache
+    with pytest.raises(BadRequest):
+        uri.parse_target(b"/a#frag")
+    assert b"/a#frag" not in uri._TARGETS
+    for i in range(uri._TARGET_CACHE_MAX + 10):
+        uri.parse_target(b"/p/%d" % i)
+    assert len(uri._TARGETS) <= uri._TARGET_CACHE_MAX

@@ -40,7 +40,7 @@ from guichet.errors import (
 from guichet.server import headers as H
 from guichet.server.exchange import DONE, HEAD, QUEUED, RESPONDING, SENT, Exchange
 from guichet.server.responses import error_response
-from guichet.uri import normalize_path, split_target
+from guichet.uri import parse_target
 
 if TYPE_CHECKING:
     from guichet.server.upstream import UpstreamConnection
@@ -318,16 +318,15 @@ class ClientProtocol(asyncio.Protocol):
         snap = rt.snapshot
         ex.snapshot = snap
         try:
-            raw_path, ex.query = split_target(ex.url)
-            ex.raw_path = raw_path
-            if raw_path == "*":
-                if ex.method != b"OPTIONS":
-                    raise BadRequest("Bad request: invalid request target")
-                self.respond_error(ex, 404, "no Route matched with those values")
-                return
-            ex.path = normalize_path(raw_path)
+            ex.raw_path, ex.query, ex.path = parse_target(ex.url)
         except BadRequest as exc:
             self.respond_error(ex, 400, exc.message, close=True)
+            return
+        if ex.path == "*":
+            if ex.method != b"OPTIONS":
+                self.respond_error(ex, 400, "Bad request: invalid request target", close=True)
+            else:
+                self.respond_error(ex, 404, "no Route matched with those values")
             return
         host = ex.host.decode("latin-1")  # type: ignore[union-attr]
         method = _METHODS.get(ex.method) or ex.method.decode("latin-1")
