@@ -28,7 +28,7 @@ _versions = itertools.count(1)
 class CompiledService:
     __slots__ = ("service", "balancer", "tls", "verify", "connect_timeout", "read_timeout",
                  "write_timeout", "retries", "_host_header", "_hosts", "_default_port",
-                 "_pool_keys", "path", "counts_inflight")
+                 "_pool_keys", "path", "counts_inflight", "_paths")
 
     def __init__(self, service: Service, balancer: Balancer, host_header: str | None,
                  counts_inflight: bool = False) -> None:
@@ -48,6 +48,7 @@ class CompiledService:
         # Caches keyed by the Peer object itself (peers hash by identity).
         self._hosts: dict[Any, bytes] = {}
         self._pool_keys: dict[Any, tuple[str, int, bool, str]] = {}
+        self._paths: dict[tuple[str, str | None, str], str] = {}
 
     def host_header(self, peer: Any) -> bytes:
         """Kong's rule: the upstream's host_header, else the target's name (plus a port
@@ -76,7 +77,16 @@ class CompiledService:
         return pk
 
     def upstream_path(self, match: Any, request_path: str) -> str:
-        return upstream_path(match, self.path, request_path)
+        """Kong's strip_path / path_handling result, cached per (route, matched prefix,
+        request path): clients repeat their URLs."""
+        key = (match.route.id, match.matched_path, request_path)
+        path = self._paths.get(key)
+        if path is None:
+            path = upstream_path(match, self.path, request_path)
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
 
 
 class Snapshot:
