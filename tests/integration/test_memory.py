@@ -160,6 +160,7 @@ def test_one_gib_download_and_upload_keep_worker_rss_under_100_mib(gateway_facto
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 200")
         assert answer.endswith(b"%d %s" % (GIB, expected.hexdigest().encode()))
+    print(f"1 GiB down + 1 GiB up: worker peak RSS {sampler.peak / MIB:.1f} MiB")
     assert sampler.peak < 100 * MIB, f"worker peak RSS {sampler.peak / MIB:.1f} MiB"
 
 
@@ -205,6 +206,7 @@ services:
     assert http.get(gw.url + "/probe/echo").status_code == 200
     time.sleep(1.5)
     after = _rss(pid)
+    print(f"worker RSS after 100 reloads {baseline / MIB:.1f} MiB, after 1000 {after / MIB:.1f} MiB")
     assert gw.status()["reloads"] == 1000
     assert gw.status()["worker_pids"] == [pid], "the worker was replaced"
     assert after - baseline < 8 * MIB, f"RSS grew {((after - baseline) / MIB):.1f} MiB over 900 reloads"
