@@ -248,12 +248,17 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.current
         assert ex is not None
         parser = self.parser
-        ex.method = parser.get_method()
+        ex.method = method = parser.get_method()
         version = parser.get_http_version()
-        if version[0] != "1":
-            raise VersionNotSupported()
-        ex.http10 = version == "1.0"
+        if version != "1.1":
+            if version[0] != "1":
+                raise VersionNotSupported()
+            ex.http10 = version == "1.0"
         ex.keep_alive = parser.should_keep_alive()
+        if ex.host is None:
+            raise BadRequest("Bad request: missing Host header")
+        if method in (b"CONNECT", b"TRACE"):
+            raise MethodNotAllowed()
         if ex.chunked:
             if ex.content_length is not None:
                 raise BadRequest("Bad request: Content-Length with Transfer-Encoding")
@@ -265,13 +270,9 @@ class ClientProtocol(asyncio.Protocol):
             limit = self.rt.settings.client_max_body_size
             if limit and ex.content_length > limit:
                 raise PayloadTooLarge()
-        if ex.host is None:
-            raise BadRequest("Bad request: missing Host header")
-        if ex.method in (b"CONNECT", b"TRACE"):
-            raise MethodNotAllowed()
         if parser.should_upgrade():
             ex.ws_key = websocket.check_upgrade_request(
-                ex.method, 1, 0 if ex.http10 else 1, [(n, v) for n, _, v in ex.headers])
+                method, 1, 0 if ex.http10 else 1, [(n, v) for n, _, v in ex.headers])
             if ex.ws_key is not None:
                 ex.keep_alive = False
         if ex.has_body:
@@ -281,8 +282,7 @@ class ClientProtocol(asyncio.Protocol):
             ex.body_complete = True
             self.read_kind = R_NONE
         if self.active is None:
-            self.active = ex
-            self.to_dispatch = ex
+            self.active = self.to_dispatch = ex
         else:
             ex.state = QUEUED
             self.queue.append(ex)
