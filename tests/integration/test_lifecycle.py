@@ -85,16 +85,21 @@ def test_invalid_reload_keeps_old_config_and_status_says_why(gateway_factory, up
     assert http.get(gw.url + "/kept/echo").status_code == 200
 
 
-def test_in_flight_request_survives_reload(gateway_factory, upstream, http):
-    gw = gateway_factory(_config(upstream.port, "/slow"))
+def _get_in_background(url: str) -> tuple[threading.Thread, dict]:
     result: dict = {}
 
-    def slow() -> None:
+    def get() -> None:
         with httpx.Client(trust_env=False, timeout=10) as client:
-            result["r"] = client.get(gw.url + "/slow/delay/1500")
+            result["r"] = client.get(url)
 
-    t = threading.Thread(target=slow)
-    t.start()
+    thread = threading.Thread(target=get)
+    thread.start()
+    return thread, result
+
+
+def test_in_flight_request_survives_reload(gateway_factory, upstream, http):
+    gw = gateway_factory(_config(upstream.port, "/slow"))
+    t, result = _get_in_background(gw.url + "/slow/delay/1500")
     assert upstream.wait_for_requests(1, timeout=5)
     gw.reload_config(_config(upstream.port, "/other"))
     t.join(10)
@@ -104,14 +109,7 @@ def test_in_flight_request_survives_reload(gateway_factory, upstream, http):
 
 def test_sigterm_drains_in_flight_then_exits_zero(gateway_factory, upstream):
     gw = gateway_factory(_config(upstream.port, "/d"), env={"GUICHET_DRAIN_TIMEOUT": "10"})
-    result: dict = {}
-
-    def slow() -> None:
-        with httpx.Client(trust_env=False, timeout=10) as client:
-            result["r"] = client.get(gw.url + "/d/delay/1000")
-
-    t = threading.Thread(target=slow)
-    t.start()
+    t, result = _get_in_background(gw.url + "/d/delay/1000")
     assert upstream.wait_for_requests(1, timeout=5)
     gw.send_signal(signal.SIGTERM)
     t.join(10)

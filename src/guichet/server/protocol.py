@@ -149,7 +149,11 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None:
             self.to_dispatch = None
             if ex.state == HEAD and not self.closed and self.active is ex:
-                self.dispatch(ex)
+                try:
+                    self.dispatch(ex)
+                except Exception:  # a fault of ours (a plugin, later): 500 for this request
+                    log.exception("internal error while routing %r", ex.url[:200])
+                    self.respond_error(ex, 500, "An unexpected error occurred", close=True)
 
     def pause_writing(self) -> None:
         self.write_paused = True
