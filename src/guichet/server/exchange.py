@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from guichet.errors import (
     GuichetError,
@@ -174,10 +175,11 @@ class Exchange:
         return None
 
     def query_arg(self, name: str) -> str | None:
-        from urllib.parse import parse_qs
-
+        """Kong's rule for hashing: repeated arguments sorted and joined by ",". """
         values = parse_qs(self.query, keep_blank_values=True).get(name)
-        return values[0] if values else None
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else ",".join(sorted(values))
 
     def uri_capture(self, name: str) -> str | None:
         caps = getattr(self.match, "uri_captures", None) or {}
