@@ -137,7 +137,8 @@ class Exchange:
         self.body_complete = True
         up = self.upstream
         if up is not None and self.state >= SENT:
-            self.upstream_activity()
+            # the read timeout counts from here (the request is wholly sent)
+            self.deadline = up.clock.now + up.read_timeout
             if self.chunked and up.transport is not None:
                 up.transport.write(b"0\r\n\r\n")
 
@@ -284,10 +285,6 @@ class Exchange:
             if self.body_complete and self.chunked:
                 head += b"0\r\n\r\n"
             transport.write(head)
-
-    def upstream_activity(self) -> None:
-        self.deadline = self.client.rt.now + self.service.read_timeout  # type: ignore[union-attr]
-
 
     # ------------------------------------------------------------------ response
     def resp_headers_complete(self, status: int, head: bytes) -> None:

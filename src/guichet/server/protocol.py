@@ -524,18 +524,16 @@ class ClientProtocol(asyncio.Protocol):
     def start_tunnel(self, ex: Exchange, conn: "UpstreamConnection", upstream_rest: bytes) -> None:
         from guichet.server.tunnel import Tunnel
 
-        reason = websocket.check_upgrade_response(
-            101, [(n.lower(), v) for n, v in ex.resp_headers], ex.ws_key)  # type: ignore[arg-type]
+        lowered = [(n.lower(), v) for n, v in ex.resp_headers]
+        reason = websocket.check_upgrade_response(101, lowered, ex.ws_key)  # type: ignore[arg-type]
         if reason is not None:
             log.warning("upstream refused the WebSocket handshake: %s", reason)
             ex.upstream_protocol_error(reason)
             return
         lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
-        for name, value in ex.resp_headers:
-            lname = name.lower()
-            if lname in H.REWRITTEN_DOWNSTREAM:
-                continue
-            lines.append(name + b": " + value + b"\r\n")
+        for (name, value), (lname, _) in zip(ex.resp_headers, lowered):
+            if lname not in H.REWRITTEN_DOWNSTREAM:
+                lines.append(name + b": " + value + b"\r\n")
         lines.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\nVia: 1.1 guichet\r\n\r\n")
         assert self.transport is not None
         self.transport.write(b"".join(lines))
@@ -549,7 +547,7 @@ class ClientProtocol(asyncio.Protocol):
         early = b"".join(self.ws_early)
         self.ws_early = []
         self.tunnel = Tunnel(self, conn, self.rt,
-                             allow_rsv1=websocket.allows_rsv1([(n.lower(), v) for n, v in ex.resp_headers]))
+                             allow_rsv1=websocket.allows_rsv1(lowered))
         conn.tunnel = self.tunnel
         self.read_kind = R_NONE
         self.tunnel.start(early, upstream_rest)
