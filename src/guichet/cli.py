@@ -4,7 +4,8 @@
 
     guichet run   --config FILE [--listen HOST:PORT [ssl]]... [--admin-listen HOST:PORT]
                   [--workers N] [--cert F --key F] [--settings FILE] [--log-level L]
-    guichet check --config FILE          exit 0, or print every error and exit 1
+    guichet check --config FILE [--settings FILE]
+                                         exit 0, or print every error and exit 1
     guichet demo  [--port P] [--admin-port P]
                                          the gateway on an example config, in front of a
                                          built-in upstream; Ctrl-C stops everything
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("--config", "-c", required=True)
+    check.add_argument("--settings", help="node settings file (for its custom plugins)")
 
     demo = sub.add_parser("demo", help="run the gateway on an example in front of a built-in upstream")
     demo.add_argument("--port", type=int, default=8000)
@@ -85,9 +87,19 @@ def _is_tls(listener: str) -> bool:
 
 def _check(args: argparse.Namespace) -> int:
     from guichet.config.loader import load_config_file
+    from guichet.plugins.registry import PluginLoadError, Registry
+    from guichet.settings import load_settings
 
     try:
-        config = load_config_file(args.config)
+        registry = Registry(load_settings(args.settings).plugins)
+    except ConfigError as exc:
+        print(f"guichet: invalid settings:\n{exc}", file=sys.stderr)
+        return 1
+    except PluginLoadError as exc:
+        print(f"guichet: plugins setting: {exc}", file=sys.stderr)
+        return 1
+    try:
+        config = load_config_file(args.config, plugin_schemas=registry.schemas())
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -97,7 +109,8 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{args.config}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(f"{args.config}: ok ({len(config.services)} services, {len(config.routes)} routes, "
-          f"{len(config.upstreams)} upstreams, hash {config.hash[:12]})")
+          f"{len(config.upstreams)} upstreams, {len(config.consumers)} consumers, "
+          f"{len(config.plugins)} plugins, hash {config.hash[:12]})")
     return 0
 
 

@@ -26,6 +26,12 @@ from typing import Any
 import guichet
 from guichet.admin import AdminProtocol, is_loopback
 from guichet.config.loader import load_config_text
+from guichet.config.model import ConfigIssue
+from guichet.plugins.chain import build_instances
+from guichet.plugins.consumers import ConsumerDirectory
+from guichet.plugins.env import BuildEnv
+from guichet.plugins.registry import PluginLoadError, Registry
+from guichet.plugins.stores import Stores
 from guichet.errors import ConfigError
 from guichet.settings import Settings, parse_hostport
 from guichet.worker import _parse_listener, worker_main
@@ -63,8 +69,12 @@ class Master:
     # -- start ---------------------------------------------------------------------
     def prepare(self) -> None:
         """Validate everything that can fail before any process starts (raises)."""
+        try:
+            self.registry = Registry(self.settings.plugins)
+        except PluginLoadError as exc:
+            raise SystemExit(f"guichet: plugins setting: {exc}") from None
         self.text = _read(self.config_path)
-        config = load_config_text(self.text, self.config_path)
+        config = self._load(self.text)
         self.config_hash = config.hash
         self._file_sig = self._signature()
         host, _ = parse_hostport(self.settings.admin_listen)
@@ -75,6 +85,18 @@ class Master:
         for item in self.settings.listen:
             h, p, _ = _parse_listener(item)
             _check_free(h, p)
+
+    def _load(self, text: str) -> Any:
+        """Load and validate, then build every plugin once as the workers will (a plugin
+        that cannot be built is a configuration error here, not a worker crash)."""
+        config = load_config_text(text, self.config_path, plugin_schemas=self.registry.schemas())
+        try:
+            build_instances(config, self.registry,
+                            BuildEnv(ConsumerDirectory(config), self.settings, Stores()))
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError([ConfigIssue(self.config_path, None, None, "plugins",
+                                           f"a plugin cannot be built: {exc}")]) from exc
+        return config
 
     def spawn(self, handle: WorkerHandle) -> None:
         parent, child = self.ctx.Pipe()
@@ -123,7 +145,7 @@ class Master:
     def reload(self, reason: str) -> None:
         try:
             text = _read(self.config_path)
-            config = load_config_text(text, self.config_path)
+            config = self._load(text)
         except ConfigError as exc:
             self.last_reload = {"ok": False, "error": str(exc), "at": _now(), "reason": reason}
             log.error("reload (%s) refused, the previous configuration keeps serving:\n%s", reason, exc)

@@ -28,7 +28,7 @@ from guichet.errors import ConfigError
 from guichet.config.model import ConfigIssue
 
 ENV_PREFIX = "GUICHET_"
-_LIST_FIELDS = {"listen", "trusted_ips", "dns_resolver", "dns_order", "plugins"}
+_LIST_FIELDS = {"plugins", "listen", "trusted_ips", "dns_resolver", "dns_order", "plugins"}
 
 
 class Settings(BaseModel):
@@ -74,6 +74,8 @@ class Settings(BaseModel):
     dns_stale_ttl: float = Field(3600.0, ge=0)
     dns_error_ttl: float = Field(1.0, ge=0)
     dns_not_found_ttl: float = Field(30.0, ge=0)
+    # Kong's ``plugins``: "bundled" and module paths of custom plugins ("pkg.mod:Class")
+    plugins: tuple[str, ...] = ("bundled",)
 
     @field_validator("trusted_ips")
     @classmethod

@@ -14,13 +14,20 @@ its DNS watches and drops its balancers), so reloads do not accumulate memory.
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 from guichet.balancer import Balancer, build_balancers
 from guichet.config.model import Config, Service
 from guichet.dns import Resolver
+from guichet.plugins.chain import ChainTable, build_instances
+from guichet.plugins.consumers import ConsumerDirectory
+from guichet.plugins.env import BuildEnv
+from guichet.plugins.registry import Registry, default_registry
+from guichet.plugins.stores import Stores
 from guichet.router import RouteTable, upstream_path
 
+log = logging.getLogger("guichet.snapshot")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _versions = itertools.count(1)
 
@@ -90,12 +97,16 @@ class CompiledService:
 
 
 class Snapshot:
-    __slots__ = ("config", "router", "services", "hash", "version", "certificates", "_closed")
+    __slots__ = ("config", "router", "services", "hash", "version", "certificates", "_closed",
+                 "chains", "consumers")
 
-    def __init__(self, config: Config, router: RouteTable, services: dict[str, CompiledService]) -> None:
+    def __init__(self, config: Config, router: RouteTable, services: dict[str, CompiledService],
+                 chains: ChainTable | None = None, consumers: ConsumerDirectory | None = None) -> None:
         self.config = config
         self.router = router
         self.services = services
+        self.chains = chains if chains is not None else ChainTable(config, {})
+        self.consumers = consumers
         self.hash = config.hash
         self.version = next(_versions)
         self.certificates = config.certificates
@@ -104,6 +115,8 @@ class Snapshot:
     async def start(self) -> None:
         for balancer in {id(s.balancer): s.balancer for s in self.services.values()}.values():
             await balancer.start()
+        for plugin in self.chains.instances():
+            await plugin.start()
 
     async def close(self) -> None:
         if self._closed:
@@ -111,10 +124,22 @@ class Snapshot:
         self._closed = True
         for balancer in {id(s.balancer): s.balancer for s in self.services.values()}.values():
             await balancer.close()
+        for plugin in self.chains.instances():
+            try:
+                await plugin.close()
+            except Exception:  # noqa: BLE001 - one plugin's failure must not stop the rest
+                log.exception("plugin %r failed to close", plugin.name)
         self.services = {}
+        self.chains = ChainTable(self.config, {})
 
 
-def compile_snapshot(config: Config, resolver: Resolver) -> Snapshot:
+def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry | None = None,
+                     settings: Any = None, stores: Stores | None = None) -> Snapshot:
+    """Compile ``config``; plugins come from ``registry`` (bundled ones by default) and
+    keep their long-lived state in the worker's ``stores``."""
+    consumers = ConsumerDirectory(config)
+    env = BuildEnv(consumers, settings, stores if stores is not None else Stores())
+    chains = ChainTable(config, build_instances(config, registry or default_registry(), env))
     upstreams = {u.name: u for u in config.upstreams}
     services: dict[str, CompiledService] = {}
     enabled = [s for s in config.services if s.enabled]
@@ -128,4 +153,4 @@ def compile_snapshot(config: Config, resolver: Resolver) -> Snapshot:
             counts_inflight=upstream is not None and upstream.algorithm == "least-connections")
     # Routes of a disabled service are not matched (Kong).
     router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
-    return Snapshot(config, router, services)
+    return Snapshot(config, router, services, chains, consumers)

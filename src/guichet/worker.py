@@ -31,6 +31,8 @@ from guichet.config.loader import load_config_text
 from guichet.balancing.dns_files import parse_nameservers
 from guichet.dns import Resolver
 from guichet.errors import ConfigError
+from guichet.plugins.registry import Registry
+from guichet.plugins.stores import Stores
 from guichet.server.headers import TrustedNetworks
 from guichet.server.protocol import ClientProtocol
 from guichet.server.upstream import UpstreamPool
@@ -49,8 +51,11 @@ class Runtime:
     """Everything a worker's connections share; passed in, never global."""
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, snapshot: Snapshot,
-                 resolver: Resolver, stats: Any = None, index: int = 0) -> None:
+                 resolver: Resolver, stats: Any = None, index: int = 0, *,
+                 registry: Registry | None = None, stores: Stores | None = None) -> None:
         self.settings = settings
+        self.registry = registry if registry is not None else Registry(settings.plugins)
+        self.stores = stores if stores is not None else Stores()
         self.loop = loop
         self.now = loop.time()
         self.snapshot = snapshot
@@ -79,6 +84,10 @@ class Runtime:
             if self.stats is not None:
                 self.stats[self.index] -= 1
 
+    def compile(self, config: Any) -> Snapshot:
+        return compile_snapshot(config, self.resolver, registry=self.registry,
+                                settings=self.settings, stores=self.stores)
+
     def sni_of(self, sslobj: Any) -> str | None:
         return getattr(sslobj, "guichet_sni", None)
 
@@ -86,12 +95,16 @@ class Runtime:
     async def reload(self, text: str, source: str) -> tuple[str | None, str | None]:
         """Compile and swap; return (hash, None) or (None, error text)."""
         try:
-            config = load_config_text(text, source)
+            config = load_config_text(text, source, plugin_schemas=self.registry.schemas())
         except ConfigError as exc:
             return None, str(exc)
         if config.hash == self.snapshot.hash:
             return config.hash, None
-        snap = compile_snapshot(config, self.resolver)
+        try:
+            snap = self.compile(config)
+        except Exception as exc:  # noqa: BLE001 - a plugin that cannot be built: keep the old
+            log.exception("reload refused: the configuration cannot be compiled")
+            return None, f"{source}: cannot compile the configuration: {exc}"
         await snap.start()
         old = self.snapshot
         self.snapshot = snap  # the swap: one reference, no await since the check
@@ -109,6 +122,8 @@ class Runtime:
                     if ex is not None and ex.snapshot is not None:
                         in_use.add(id(ex.snapshot))
         self.pool.sweep(now)
+        if int(now) % 30 == 0 and int(now) != int(now - SWEEP_INTERVAL):
+            self.stores.sweep()  # twice a minute: drop expired entries nobody asked for
         if self.retired:
             keep, done = [], []
             for snap in self.retired:
@@ -151,10 +166,14 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
         error_ttl=settings.dns_error_ttl,
         not_found_ttl=settings.dns_not_found_ttl,
     )
-    config = load_config_text(config_text, source)
-    snapshot = compile_snapshot(config, resolver)
+    registry = Registry(settings.plugins)
+    stores = Stores()
+    config = load_config_text(config_text, source, plugin_schemas=registry.schemas())
+    snapshot = compile_snapshot(config, resolver, registry=registry, settings=settings,
+                                stores=stores)
     await snapshot.start()
-    rt = Runtime(settings, loop, snapshot, resolver, stats, index)
+    rt = Runtime(settings, loop, snapshot, resolver, stats, index, registry=registry,
+                 stores=stores)
 
     servers = []
     for item in settings.listen:

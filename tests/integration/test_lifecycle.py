@@ -146,7 +146,7 @@ def test_check_command_reports_every_error_with_line(tmp_path):
         "    paths: [\"/x\"]\n"
         "    strip_paths: true\n"
         "plugins:\n"
-        "- name: key-auth\n"
+        "- name: zipkin\n"
     )
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "src"))
     out = subprocess.run([sys.executable, "-m", "guichet", "check", "--config", str(bad)],
@@ -155,7 +155,7 @@ def test_check_command_reports_every_error_with_line(tmp_path):
     err = out.stderr
     assert f"{bad}:5" in err and "retries" in err
     assert f"{bad}:9" in err and "strip_paths" in err
-    assert f"{bad}:11" in err and "key-auth" in err
+    assert f"{bad}:11" in err and "zipkin" in err
 
     good = tmp_path / "good.yml"
     good.write_text(_config(9))

@@ -40,7 +40,12 @@ from guichet.errors import (
 )
 from guichet.server import headers as H
 from guichet.server.responses import REQUEST_IDS, status_line
+from guichet.plugins import runner
+from guichet.plugins.request import ResponseHead
+from guichet.server.states import CONNECTING, DONE, HEAD, QUEUED, RESPONDING, SENT
 from guichet.server.upstream import UpstreamConnection
+
+__all__ = ["Exchange", "CONNECTING", "DONE", "HEAD", "QUEUED", "RESPONDING", "SENT"]
 
 if TYPE_CHECKING:
     from guichet.server.protocol import ClientProtocol
@@ -55,7 +60,6 @@ BUFFER_HIGH = 256 * 1024
 # response body modes toward the client
 NO_BODY, RAW, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
-HEAD, QUEUED, CONNECTING, SENT, RESPONDING, DONE = range(6)
 
 
 class Exchange:
@@ -101,6 +105,12 @@ class Exchange:
     interim = False
     set_cookie: tuple[str, str, str] | None = None
     peer_held = False
+    # plugins (only set on routes that have some)
+    chain: Any = None  # guichet.plugins.chain.Chain
+    req: Any = None  # guichet.plugins.request.Request
+    resp_head: ResponseHead | None = None
+    logged = False
+    holding_body = False  # a plugin waits for the whole body (Request.read_body)
 
     def __init__(self, client: "ClientProtocol") -> None:
         self.client = client
@@ -130,11 +140,16 @@ class Exchange:
                 self.body_pending = []
             self.body_pending.append(data)
             self.body_pending_size += len(data)
-            if self.body_pending_size > BUFFER_HIGH:
+            if self.holding_body:
+                self.req.body_progress()
+            elif self.body_pending_size > BUFFER_HIGH:
                 self.client.pause_reading_for_upstream()
 
     def body_done(self) -> None:
         self.body_complete = True
+        if self.holding_body:
+            self.holding_body = False
+            self.req.body_progress()
         up = self.upstream
         if up is not None and self.state >= SENT:
             # the read timeout counts from here (the request is wholly sent)
@@ -150,7 +165,10 @@ class Exchange:
     # ------------------------------------------------------------------ hash input (balancer)
     @property
     def consumer_id(self) -> str | None:
-        return None
+        req = self.req
+        if req is None or req.consumer is None:
+            return None
+        return req.consumer.id
 
     @property
     def client_ip(self) -> str:
@@ -320,6 +338,9 @@ class Exchange:
         else:
             mode = CHUNKED
             framing = b"Transfer-Encoding: chunked\r\n"
+        chain = self.chain
+        if chain is not None and (chain.response_headers or chain.response_body):
+            status, kept, mode, framing = self._plugin_response_head(status, kept, mode, framing)
         self.resp_mode = mode
         # The upstream may answer before the whole request arrived: the rest of the
         # request body cannot be told from a next request, so close after this one.
@@ -350,9 +371,34 @@ class Exchange:
             self._finish_upstream(conn, reuse=reuse)
             self.client.exchange_done(self)
 
+    def _plugin_response_head(self, status: int, kept: bytes, mode: int,
+                              framing: bytes) -> tuple[int, bytes, int, bytes]:
+        """Let response_headers plugins change the head; with response_body plugins the
+        body's length is unknown in advance, so it goes chunked (or until close)."""
+        chain = self.chain
+        head = ResponseHead(status, H.header_pairs(kept))
+        if chain.response_headers:
+            runner.run_response_headers(self, head)
+        else:
+            self.resp_head = head
+        if head.changed or head.status != status:
+            status = self.resp_status = head.status
+            kept = H.render_pairs(head.headers)
+        if chain.response_body and mode == RAW:
+            if self.http10:
+                mode, framing = UNTIL_CLOSE, b""
+                self.keep_alive = False
+            else:
+                mode, framing = CHUNKED, b"Transfer-Encoding: chunked\r\n"
+        return status, kept, mode, framing
+
     def resp_body(self, data: bytes) -> None:
         if self.interim or self.resp_mode == NO_BODY or self.out is None:
             return
+        if self.chain is not None and self.chain.response_body:
+            data = runner.run_response_body(self, data, False)
+            if not data:
+                return
         if self.resp_mode == CHUNKED:
             self.out.append(b"%x\r\n" % len(data))
             self.out.append(data)
@@ -366,6 +412,11 @@ class Exchange:
             return
         if self.state != RESPONDING:
             return
+        if self.chain is not None and self.chain.response_body and self.resp_mode != NO_BODY:
+            tail = runner.run_response_body(self, b"", True)
+            if tail and self.out is not None:
+                self.out.append(b"%x\r\n%s\r\n" % (len(tail), tail)
+                                if self.resp_mode == CHUNKED else tail)
         if self.resp_mode == CHUNKED and self.out is not None:
             self.out.append(b"0\r\n\r\n")
         self.flush_client()

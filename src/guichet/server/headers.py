@@ -174,3 +174,34 @@ class TrustedNetworks:
                 self._cache.clear()
             self._cache[ip] = hit
         return hit
+
+
+def header_pairs(block: bytes) -> list[tuple[str, str]]:
+    """``b"Name: value\\r\\n..."`` (a kept response head) as (name, value) strings, for
+    the plugins' ``ResponseHead``."""
+    pairs = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+    return pairs
+
+
+def render_pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """The inverse of :func:`header_pairs`. Values set by plugins are checked: a CR, LF or
+    NUL would split the response (response splitting), so it is refused."""
+    out = []
+    for name, value in pairs:
+        line = f"{name}: {value}\r\n"
+        if "\r" in line[:-2] or "\n" in line[:-2] or "\0" in line:
+            raise ValueError(f"invalid character in response header {name!r}")
+        out.append(line.encode("latin-1"))
+    return b"".join(out)
+
+
+def header_line(name: str, value: str) -> bytes:
+    """One ``Name: value`` line toward the upstream, from a plugin's strings; a CR, LF or
+    NUL in either would forge headers, so it is refused."""
+    if not name or any(c in name for c in " \t\r\n\0:") or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"invalid header set by a plugin: {name!r}")
+    return f"{name}: {value}\r\n".encode("latin-1")

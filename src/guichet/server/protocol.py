@@ -24,6 +24,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import orjson
+
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from guichet import websocket
@@ -38,11 +40,14 @@ from guichet.errors import (
     VersionNotSupported,
 )
 from guichet.server import headers as H
+from guichet.plugins import runner
+from guichet.plugins.request import ResponseHead
 from guichet.server.exchange import DONE, HEAD, QUEUED, RESPONDING, SENT, Exchange
-from guichet.server.responses import error_response
+from guichet.server.responses import error_response, render_local
 from guichet.uri import parse_target
 
 if TYPE_CHECKING:
+    from guichet.plugins.request import Request
     from guichet.server.upstream import UpstreamConnection
     from guichet.worker import Runtime
 
@@ -117,6 +122,8 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.state != DONE:
             ex.state = DONE
             ex.drop_upstream()
+            if ex.chain is not None:
+                runner.run_log(ex)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -347,10 +354,31 @@ class ClientProtocol(asyncio.Protocol):
             self.respond_error(ex, 503, "no Service found with those values")
             return
         ex.service = svc
-        if ex.expect_continue and ex.has_body and not ex.http10 and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chains = snap.chains
+        if chains:
+            chain = chains.chain(match.route, self.scheme)
+            if chain:
+                runner.start(ex, chain)
+                return
+        self.proceed(ex)
+
+    def proceed(self, ex: Exchange) -> None:
+        """The request may go: on to the balancer and the upstream."""
+        self._send_continue(ex)
         ex.state = QUEUED
         ex.start_upstream()
+
+    def _send_continue(self, ex: Exchange) -> None:
+        if ex.expect_continue and ex.has_body and not ex.http10 and not ex.body_complete:
+            ex.expect_continue = False
+            if self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def hold_body(self, ex: Exchange) -> None:
+        """A plugin waits for the whole request body before the request goes on."""
+        ex.holding_body = True
+        self._send_continue(ex)
+        self.resume_reading_for_upstream()
 
     def _redirect_https(self, ex: Exchange, code: int) -> None:
         if code == 426:
@@ -370,10 +398,16 @@ class ClientProtocol(asyncio.Protocol):
         if ex.query:
             target += b"?" + ex.query.encode("latin-1")
         host = ex.host if route.preserve_host else svc.host_header(ex.peer)  # type: ignore[union-attr]
+        req = ex.req
+        edits = None
+        if req is not None:
+            target, host, edits = _plugin_edits(req, target, host)
         parts = [ex.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]  # type: ignore[list-item]
         xff = via = None
         kept: dict[bytes, bytes] | None = None
         named = H.connection_tokens(ex.conn_names) if ex.conn_names else ()
+        if edits:
+            named = set(named) | edits.keys()
         for lname, name, value in ex.headers:
             if lname in H.REWRITTEN_UPSTREAM:
                 if lname == b"x-forwarded-for":
@@ -388,6 +422,9 @@ class ClientProtocol(asyncio.Protocol):
             if lname in named or lname.startswith(H.IDENTITY_PREFIXES):
                 continue
             parts.append(name + b": " + value + b"\r\n")
+        if edits:
+            for lines in edits.values():
+                parts.extend(lines)
         if xff is None and kept is None and via is None:
             # The common case: nothing to merge. The block depends only on this connection
             # and the Host header, so it is rendered once per connection and Host value.
@@ -429,11 +466,46 @@ class ClientProtocol(asyncio.Protocol):
         if ex.resp_started:
             self.abort()
             return
+        chain = ex.chain
+        if chain is not None and chain.response_headers:
+            rid = ex.rid()
+            headers = [("Content-Type", "application/json; charset=utf-8"), ("X-Request-Id", rid)]
+            headers += [(n.decode("latin-1"), v.decode("latin-1")) for n, v in extra]
+            self.respond_local(ex, status, headers, orjson.dumps({"message": message,
+                                                                  "request_id": rid}), close=close)
+            return
         keep = ex.keep_alive and ex.body_complete and not close and not self.rt.draining
         ex.keep_alive = keep
+        ex.resp_status = status
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(error_response(status, message, ex.rid(), keep_alive=keep,
                                                 extra=extra, head_only=ex.method == b"HEAD"))
+        ex.resp_started = True
+        self.exchange_done(ex)
+
+    def respond_local(self, ex: Exchange, status: int, headers: list[tuple[str, str]],
+                      body: bytes, *, close: bool = False) -> None:
+        """An answer made by the gateway (a plugin's, or an error on a route with
+        response_headers plugins): those plugins see and may change its head."""
+        if ex.resp_started:
+            self.abort()
+            return
+        head = ResponseHead(status, headers, local=True)
+        if ex.chain is not None and ex.chain.response_headers:
+            runner.run_response_headers(ex, head)
+        else:
+            ex.resp_head = head
+        keep = ex.keep_alive and ex.body_complete and not close and not self.rt.draining
+        ex.keep_alive = keep
+        ex.resp_status = head.status
+        try:
+            data = render_local(head.status, head.headers, body, keep_alive=keep,
+                                head_only=ex.method == b"HEAD")
+        except ValueError:
+            log.error("a plugin set an invalid response header; answering 500")
+            data = error_response(500, "An unexpected error occurred", ex.rid(), keep_alive=keep)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
         ex.resp_started = True
         self.exchange_done(ex)
 
@@ -474,10 +546,14 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None:
             ex.state = DONE
             ex.drop_upstream()
+            if ex.chain is not None:
+                runner.run_log(ex)
         if self.transport is not None:
             self.transport.abort()
 
     def exchange_done(self, ex: Exchange) -> None:
+        if ex.chain is not None:
+            runner.run_log(ex)
         ex.state = DONE
         if self.active is ex:
             self.active = None
@@ -586,6 +662,28 @@ class ClientProtocol(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+
+def _plugin_edits(req: "Request", target: bytes, host: bytes) -> tuple[bytes, bytes, dict[bytes, list[bytes]] | None]:
+    """Apply what plugins changed in the upstream request: path, query, headers (and
+    Host, which Kong's ``set_header("Host", ...)`` changes too)."""
+    if req.upstream_path is not None or req.upstream_query is not None:
+        path, _, query = target.partition(b"?")
+        if req.upstream_path is not None:
+            path = req.upstream_path.encode("latin-1")
+        if req.upstream_query is not None:
+            query = req.upstream_query.encode("latin-1")
+        target = path + b"?" + query if query else path
+    if not req.edits:
+        return target, host, None
+    edits: dict[bytes, list[bytes]] = {}
+    for lname, values in req.edits.items():
+        if lname == "host":
+            if values:
+                host = values[-1][1].encode("latin-1")
+            continue
+        edits[lname.encode("latin-1")] = [H.header_line(n, v) for n, v in values]
+    return target, host, edits
 
 
 def _host_without_port(host: bytes) -> bytes:

@@ -81,3 +81,25 @@ def error_response(
     body = orjson.dumps({"message": message, "request_id": rid})
     return render(status, body, keep_alive=keep_alive,
                   extra=((b"X-Request-Id", rid.encode()),) + extra, head_only=head_only)
+
+
+def render_local(status: int, headers: list[tuple[str, str]], body: bytes, *,
+                 keep_alive: bool = True, head_only: bool = False) -> bytes:
+    """An answer the gateway makes from (name, value) strings (a plugin's, or an error
+    seen by response_headers plugins). Framing is the gateway's: any Content-Length,
+    Transfer-Encoding or Connection in ``headers`` is dropped. Raises ValueError for a
+    header that would split the response."""
+    from guichet.server.headers import render_pairs  # headers imports nothing from here
+
+    kept = [(n, v) for n, v in headers
+            if n.lower() not in ("content-length", "transfer-encoding", "connection")]
+    parts = [status_line(status), render_pairs(kept)]
+    if status >= 200 and status not in (204, 304):
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(b"Server: " + SERVER_HEADER + b"\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only and status not in (204, 304):
+        parts.append(body)
+    return b"".join(parts)
