@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from guichet.config.loader import load_config_text  # noqa: E402
 from guichet.dns import Resolver  # noqa: E402
+from guichet.plugins.registry import Registry  # noqa: E402
 from guichet.server.protocol import ClientProtocol  # noqa: E402
 from guichet.server.upstream import UpstreamConnection  # noqa: E402
 from guichet.settings import load_settings  # noqa: E402
@@ -35,7 +36,27 @@ services:
   - name: bare
     paths: ["/"]
 """
+# --route auth: the benchmark's plugin route (issue 3's cost target)
+AUTH_CONFIG = """
+_format_version: "3.0"
+services:
+- name: bench
+  url: http://127.0.0.1:9
+  routes:
+  - name: auth
+    paths: ["/"]
+    plugins:
+    - name: key-auth
+    - name: correlation-id
+    - name: ip-restriction
+      config: {allow: ["127.0.0.0/8", "::1/128"]}
+consumers:
+- username: bench
+  keyauth_credentials: [{key: bench-key-0123456789abcdef}]
+"""
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+AUTH_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                b"apikey: bench-key-0123456789abcdef\r\n\r\n")
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 21 Nov 2026 23:59:59 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
             b"hello world\n")
@@ -66,11 +87,14 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
-async def main(n: int, rounds: int = 3) -> None:
+async def main(n: int, rounds: int = 3, route: str = "bare") -> None:
     loop = asyncio.get_running_loop()
     settings = load_settings(environ={})
     resolver = Resolver(nameservers=[("127.0.0.1", 53)], hostsfile=None)
-    snap = compile_snapshot(load_config_text(CONFIG), resolver)
+    registry = Registry(["bundled"])
+    config_text, request = (AUTH_CONFIG, AUTH_REQUEST) if route == "auth" else (CONFIG, REQUEST)
+    snap = compile_snapshot(load_config_text(config_text, plugin_schemas=registry.schemas()),
+                            resolver, registry=registry)
     await snap.start()
     rt = Runtime(settings, loop, snap, resolver)
     client = ClientProtocol(rt, "http", 8000)
@@ -86,7 +110,7 @@ async def main(n: int, rounds: int = 3) -> None:
     rt.pool.max_requests = 1 << 60
 
     def one() -> None:
-        client.data_received(REQUEST)
+        client.data_received(request)
         conn.data_received(RESPONSE)
 
     one()
@@ -110,7 +134,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--route", choices=["bare", "auth"], default="bare",
+                        help="auth: key-auth + correlation-id + ip-restriction")
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.n, args.rounds))
+    uvloop.run(main(args.n, args.rounds, args.route))

@@ -77,8 +77,22 @@ class Scenario:
 
 # Extension point: append scenarios here (plugins, rate limiting...). The first one is the
 # baseline that every other scenario is compared with.
+BENCH_KEY = "bench-key-0123456789abcdef"
 SCENARIOS: list[Scenario] = [
     Scenario(name="bare", path="/", vs_nginx=True),
+    # issue 3's cost target: this route at >= 0.8x the bare route's requests/s
+    Scenario(
+        name="auth",
+        path="/auth",
+        route={"plugins": [
+            {"name": "key-auth"},
+            {"name": "correlation-id"},
+            {"name": "ip-restriction", "config": {"allow": ["127.0.0.0/8", "::1/128"]}},
+        ]},
+        top_level={"consumers": [{"username": "bench",
+                                  "keyauth_credentials": [{"key": BENCH_KEY}]}]},
+        headers={"apikey": BENCH_KEY},
+    ),
 ]
 
 

@@ -125,9 +125,12 @@ def test_unsupported_protocols():
      "routes[0].expression: 'expression' is not supported by guichet yet"),
     ("upstreams:\n- name: u\n  algorithm: latency",
      "upstreams[0].algorithm: algorithm 'latency' is not supported by guichet yet"),
-    ("consumers:\n- username: u\n  keyauth_credentials: [{key: k}]",
-     "consumers[0].keyauth_credentials: 'keyauth_credentials' (credentials of "
-     "authentication plugins) is not supported by guichet yet"),
+    ("consumers:\n- username: u\n  oauth2_credentials: [{name: app}]",
+     "consumers[0].oauth2_credentials: 'oauth2_credentials' (entities of the oauth2 "
+     "plugin) is not supported by guichet yet"),
+    ("oauth2_tokens:\n- access_token: t",
+     "oauth2_tokens: 'oauth2_tokens' (entities of the oauth2 plugin) is not supported by "
+     "guichet yet"),
     ("ca_certificates:\n- cert: x",
      "ca_certificates: 'ca_certificates' (CA certificates for upstream TLS verification) "
      "is not supported by guichet yet"),
@@ -152,7 +155,7 @@ def test_kong_features_guichet_lacks_are_refused(snippet, message):
 def test_kong_defaults_of_unsupported_fields_are_accepted():
     config = load_config_text(HEAD + "routes:\n- paths: [/]\n  sources: null\n"
                               "  destinations: []\n  priority: 0\n  expression: null\n"
-                              "consumers:\n- username: u\n  keyauth_credentials: []\n")
+                              "consumers:\n- username: u\n  oauth2_credentials: []\n")
     assert len(config.routes) == 1
 
 

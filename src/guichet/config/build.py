@@ -8,12 +8,34 @@ header names are lower-cased; a bracketed IPv6 service host loses its brackets; 
 becomes host (IPv4 normalised, IPv6 compressed without brackets, names as written) and
 port (8000 when absent, as in Kong); an upstream's ``algorithm`` is the one Kong's
 ``hash_on`` shorthand yields.
+
+Credentials: each gets its consumer's id. Values Kong generates when absent (a key-auth
+key, a JWT key, a JWT secret for HS* algorithms, an HMAC secret) are drawn like Kong's
+``random_string``: 32 random letters and digits (from ``secrets``), anew on every load
+and in every process. guichet never shows them, so no client can present a drawn
+secret: write it in the file for a credential meant to be used.
+
+Basic-auth passwords: when the file's secrets are transformed (``_transform``, true by
+default) the plaintext is replaced by its bcrypt hash (``guichet.passwords``), hashed in
+parallel threads. Each hash is remembered for the process by (consumer id, HMAC-SHA256
+of the plaintext under a random per-process key), so an unchanged password is not hashed
+again on reload and no plaintext is kept; the memory holds only the latest build's
+entries. With ``_transform: false`` the password already is a hash (the walker checked)
+and is stored as is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
+import string
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, TypeVar
 
+from guichet import passwords
 from guichet.config import checks, model, rules, schema
 from guichet.config.walker import Item
 
@@ -28,11 +50,16 @@ def _fields(item: Item, cls: type[_M]) -> tuple[str, _M]:
 
 
 def build_config(items: list[Item], *, format_version: str, hash_: str,
-                 source: str) -> model.Config:
+                 source: str, transform: bool = True) -> model.Config:
     """The Config of items that all validated and linked without an issue."""
     by_kind: dict[str, list[Item]] = {}
     for item in items:
         by_kind.setdefault(item.kind, []).append(item)
+    basic = by_kind.get("basicauth_credentials", [])
+    plaintexts = [(_consumer_id(i), _fields(i, schema.BasicAuthCredential)[1].password)
+                  for i in basic]
+    hashes = _PASSWORD_HASHES.hash_all(plaintexts) if transform else \
+        [password for _, password in plaintexts]
     targets: dict[str, list[model.Target]] = {}
     for item in by_kind.get("targets", []):
         target = _target(item)
@@ -51,6 +78,13 @@ def build_config(items: list[Item], *, format_version: str, hash_: str,
                            for i in by_kind.get("certificates", [])),
         consumers=tuple(_consumer(i) for i in by_kind.get("consumers", [])),
         plugins=tuple(_plugin(i) for i in by_kind.get("plugins", [])),
+        keyauth_credentials=tuple(_keyauth(i) for i in by_kind.get("keyauth_credentials", [])),
+        basicauth_credentials=tuple(_basicauth(i, password_hash)
+                                    for i, password_hash in zip(basic, hashes)),
+        jwt_secrets=tuple(_jwt_secret(i) for i in by_kind.get("jwt_secrets", [])),
+        hmacauth_credentials=tuple(_hmacauth(i)
+                                   for i in by_kind.get("hmacauth_credentials", [])),
+        acls=tuple(_acl(i) for i in by_kind.get("acls", [])),
         hash=hash_,
         source=source,
     )
@@ -126,3 +160,90 @@ def _plugin(item: Item) -> model.Plugin:
         id=id_, name=m.name, config=item.plugin_config or {}, enabled=m.enabled,
         protocols=_unique(m.protocols), service_id=r["service"], route_id=r["route"],
         consumer_id=r["consumer"], instance_name=m.instance_name, tags=_unique(m.tags))
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+_RANDOM_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_secret() -> str:
+    """32 random letters and digits: Kong's ``random_string`` (~190 bits)."""
+    return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(32))
+
+
+class _PasswordHashes:
+    """bcrypt hashes of plaintext passwords, remembered by (consumer id, keyed digest)."""
+
+    def __init__(self) -> None:
+        self._digest_key = os.urandom(32)
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, bytes], str] = {}
+
+    def _key(self, consumer_id: str, plain: str) -> tuple[str, bytes]:
+        digest = hmac.new(self._digest_key, plain.encode("utf-8"), hashlib.sha256).digest()
+        return consumer_id, digest
+
+    def hash_all(self, wanted: list[tuple[str, str]]) -> list[str]:
+        """The hash of each (consumer id, plaintext), in order."""
+        with self._lock:
+            keys = [self._key(consumer_id, plain) for consumer_id, plain in wanted]
+            used = {key: self._known[key] for key in keys if key in self._known}
+            missing = {key: plain for key, (_, plain) in zip(keys, wanted) if key not in used}
+            if len(missing) > 1:
+                workers = min(len(missing), os.cpu_count() or 1, 8)
+                with ThreadPoolExecutor(workers, thread_name_prefix="bcrypt") as pool:
+                    used.update(zip(missing, pool.map(passwords.hash_password,
+                                                      missing.values())))
+            else:
+                used.update((key, passwords.hash_password(plain))
+                            for key, plain in missing.items())
+            self._known = used
+            return [used[key] for key in keys]
+
+
+_PASSWORD_HASHES = _PasswordHashes()
+
+
+def _consumer_id(item: Item) -> str:
+    consumer_id = item.resolved["consumer"]
+    assert consumer_id is not None
+    return consumer_id
+
+
+def _keyauth(item: Item) -> model.KeyAuthCredential:
+    id_, m = _fields(item, schema.KeyAuthCredential)
+    return model.KeyAuthCredential(
+        id=id_, consumer_id=_consumer_id(item), key=m.key or random_secret(),
+        ttl=m.ttl, tags=_unique(m.tags))
+
+
+def _basicauth(item: Item, password_hash: str) -> model.BasicAuthCredential:
+    id_, m = _fields(item, schema.BasicAuthCredential)
+    return model.BasicAuthCredential(id=id_, consumer_id=_consumer_id(item),
+                                     username=m.username, password_hash=password_hash,
+                                     tags=_unique(m.tags))
+
+
+def _jwt_secret(item: Item) -> model.JwtSecret:
+    id_, m = _fields(item, schema.JwtSecret)
+    secret = m.secret
+    if secret is None and m.algorithm.startswith("HS"):
+        secret = random_secret()
+    return model.JwtSecret(
+        id=id_, consumer_id=_consumer_id(item), key=m.key or random_secret(),
+        algorithm=m.algorithm, secret=secret, rsa_public_key=m.rsa_public_key,
+        tags=_unique(m.tags))
+
+
+def _hmacauth(item: Item) -> model.HmacAuthCredential:
+    id_, m = _fields(item, schema.HmacAuthCredential)
+    return model.HmacAuthCredential(
+        id=id_, consumer_id=_consumer_id(item), username=m.username,
+        secret=m.secret or random_secret(), tags=_unique(m.tags))
+
+
+def _acl(item: Item) -> model.Acl:
+    id_, m = _fields(item, schema.Acl)
+    return model.Acl(id=id_, consumer_id=_consumer_id(item), group=m.group,
+                     tags=_unique(m.tags))

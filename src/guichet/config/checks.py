@@ -17,6 +17,15 @@ empty list means the entity is consistent. The rules:
   ``cryptography`` package when installed, else an armour check); each key matches its
   certificate; the alternative certificate has a different key type.
 * consumer: at least one of ``username`` and ``custom_id``.
+* JWT secret: algorithms RS*, PS*, ES* and EdDSA need ``rsa_public_key`` (Kong requires
+  it for RS*, PS* and EdDSA only; an ES* secret without a key could never verify a
+  token); that key must be a PEM public key (parsed with ``cryptography``) whose type
+  fits the algorithm: RSA for RS*/PS*, the curve P-256/P-384/P-521 for ES256/384/512,
+  Ed25519 or Ed448 for EdDSA. With HS* algorithms ``rsa_public_key`` is not used.
+* basic-auth password: when the file's secrets are to be transformed (the root's
+  ``_transform``, true by default) the plaintext is hashed with bcrypt on load, so it
+  must be at most 72 UTF-8 bytes (bcrypt ignores the rest); with ``_transform: false``
+  it must already be a bcrypt or argon2 hash (Kong's own unsalted SHA-1 form is refused).
 
 ``parse_service_url`` expands a service's ``url`` shorthand the way Kong does: the scheme
 is the protocol; the port defaults to 443 for https and wss, to 80 otherwise; no path
@@ -29,6 +38,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from guichet import passwords
 from guichet.config import rules, schema
 
 Problems = list[tuple[tuple[str | int, ...], str]]
@@ -162,6 +172,68 @@ def check_consumer(consumer: schema.Consumer) -> Problems:
         return [((), "at least one of these fields must be non-empty: 'custom_id', "
                      "'username'")]
     return []
+
+
+_EC_CURVES = {"ES256": ("secp256r1", "P-256"), "ES384": ("secp384r1", "P-384"),
+              "ES512": ("secp521r1", "P-521")}
+
+
+def _jwt_key_mismatch(algorithm: str, key: Any) -> str | None:
+    """What the key of ``algorithm`` must be, when ``key`` is not that; else None."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if algorithm[:2] in ("RS", "PS"):
+        return None if isinstance(key, rsa.RSAPublicKey) else "an RSA public key"
+    if algorithm in _EC_CURVES:
+        curve, shown = _EC_CURVES[algorithm]
+        fits = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == curve
+        return None if fits else f"an EC {shown} public key"
+    fits = isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+    return None if fits else "an Ed25519 or Ed448 public key"
+
+
+def check_jwt_secret(secret: schema.JwtSecret) -> Problems:
+    if secret.algorithm.startswith("HS"):
+        return []
+    if secret.rsa_public_key is None:
+        return [(("rsa_public_key",), f"required field missing (needed when algorithm is "
+                                      f"'{secret.algorithm}')")]
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    pem = secret.rsa_public_key
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        hint = "it is a private key: give its public key" if "PRIVATE KEY" in pem else \
+            "expected a PEM public key (-----BEGIN PUBLIC KEY-----)"
+        return [(("rsa_public_key",), f"invalid key: {hint}")]
+    wanted = _jwt_key_mismatch(secret.algorithm, key)
+    if wanted is not None:
+        return [(("rsa_public_key",), f"invalid key: algorithm '{secret.algorithm}' needs "
+                                      f"{wanted}")]
+    return []
+
+
+_KONG_SHA1_HASH = re.compile(r"[0-9a-f]{40}")
+
+
+def check_basicauth_password(credential: schema.BasicAuthCredential, *,
+                             transform: bool) -> Problems:
+    password = credential.password
+    if transform:
+        if len(password.encode("utf-8")) > passwords.BCRYPT_MAX_PASSWORD_BYTES:
+            return [(("password",), f"longer than {passwords.BCRYPT_MAX_PASSWORD_BYTES} "
+                                    "bytes, the most bcrypt can use")]
+        return []
+    if passwords.is_password_hash(password):
+        return []
+    if _KONG_SHA1_HASH.fullmatch(password):
+        return [(("password",), "with _transform: false the password must be a bcrypt or "
+                                "argon2 hash; Kong's unsalted SHA-1 hashes are not accepted "
+                                "(write the plaintext with _transform: true instead)")]
+    return [(("password",), "with _transform: false the password must already be a "
+                            "bcrypt ($2b$...) or argon2 ($argon2id$...) hash")]
 
 
 def check_certificate(cert: schema.Certificate) -> Problems:

@@ -5,11 +5,14 @@ Pipeline: read (UTF-8, optional BOM) -> parse with marks (``yamlmarks``) -> chec
 (``migrate``) -> walk and validate every entity (``walker``) -> ids, uniqueness and
 references (``references``) -> build the frozen ``Config`` (``build``).
 
-Root keys: ``_format_version``, ``_transform`` (a boolean; it only matters for credentials,
-which guichet does not load yet), ``_comment`` (a string), ``_ignore`` (an array), and the
-entity collections ``services``, ``routes``, ``consumers``, ``plugins``, ``upstreams``,
-``targets``, ``certificates``, ``snis``. Kong collections guichet does not implement and
-decK's own keys (``_info``, ``_workspace`` ...) are errors; any other key is unknown.
+Root keys: ``_format_version``, ``_transform`` (a boolean, true by default: plaintext
+basic-auth passwords are hashed on load; false means the file's passwords are already
+hashes), ``_comment`` (a string), ``_ignore`` (an array), and the entity collections
+``services``, ``routes``, ``consumers``, ``plugins``, ``upstreams``, ``targets``,
+``certificates``, ``snis`` and the consumers' credentials ``keyauth_credentials``,
+``basicauth_credentials``, ``jwt_secrets``, ``hmacauth_credentials``, ``acls``. Kong
+collections guichet does not implement (the oauth2 plugin's among them) and decK's own
+keys (``_info``, ``_workspace`` ...) are errors; any other key is unknown.
 
 Nothing stops at the first problem: every issue of the file is collected, sorted by line,
 and raised together as one ``ConfigError``. ``Config.hash`` is the sha256 of the canonical
@@ -70,14 +73,16 @@ def load_config_text(text: str, source: str = "<string>", *,
         raise ConfigError(report.sorted())
     _check_version(doc, report)
     migrate_document(doc)
-    walker = Walker(report, {} if plugin_schemas is None else plugin_schemas)
+    transform = doc.get("_transform") is not False  # a non-boolean is reported below
+    walker = Walker(report, {} if plugin_schemas is None else plugin_schemas,
+                    transform=transform)
     for key, value in doc.items():
         _root_key(key, value, walker, report)
     references.link(walker.items, report)
     if report.issues:
         raise ConfigError(report.sorted())
     return build_config(walker.items, format_version=CURRENT_VERSION,
-                        hash_=document_hash(doc), source=source)
+                        hash_=document_hash(doc), source=source, transform=transform)
 
 
 def _check_version(doc: dict[str, Any], report: Reporter) -> None:

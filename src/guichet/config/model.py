@@ -112,6 +112,57 @@ class Consumer:
     tags: tuple[str, ...] = ()
 
 
+# Credentials of the authentication plugins (Kong's ``keyauth_credentials`` ...), each
+# belonging to one consumer. Secrets that the gateway only compares (basic-auth passwords)
+# are held hashed: a plaintext password in the file is hashed while loading.
+@dataclass(frozen=True, slots=True)
+class KeyAuthCredential:
+    id: str
+    consumer_id: str
+    key: str
+    # Kong's declarative ``ttl``: the Unix time (seconds) at which the credential expires
+    # (absolute, as Kong's DB-less mode reads it and its export writes it); None: never.
+    ttl: int | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuthCredential:
+    id: str
+    consumer_id: str
+    username: str
+    password_hash: str  # bcrypt ("$2b$...") or argon2 ("$argon2id$...")
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSecret:
+    id: str
+    consumer_id: str
+    key: str  # matched against the token's key_claim_name claim ("iss" by default)
+    algorithm: str = "HS256"
+    secret: str | None = None  # HMAC algorithms
+    rsa_public_key: str | None = None  # PEM, for RS/ES/PS/EdDSA algorithms
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HmacAuthCredential:
+    id: str
+    consumer_id: str
+    username: str
+    secret: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Acl:
+    id: str
+    consumer_id: str
+    group: str
+    tags: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Plugin:
     id: str
@@ -137,6 +188,11 @@ class Config:
     certificates: tuple[Certificate, ...] = ()
     consumers: tuple[Consumer, ...] = ()
     plugins: tuple[Plugin, ...] = ()
+    keyauth_credentials: tuple[KeyAuthCredential, ...] = ()
+    basicauth_credentials: tuple[BasicAuthCredential, ...] = ()
+    jwt_secrets: tuple[JwtSecret, ...] = ()
+    hmacauth_credentials: tuple[HmacAuthCredential, ...] = ()
+    acls: tuple[Acl, ...] = ()
     # sha256 hex of the canonical form of the document (after migration), for /status and
     # for "unchanged config: nothing to do" on reload.
     hash: str = ""

@@ -6,25 +6,36 @@ Kong 3.x generates it in ``declarative_config.lua``:
 
 * services, routes, upstreams, SNIs: the name; consumers: the username;
 * targets: ``targets:*:<upstream id>:<target>`` and plugins:
-  ``plugins:*:<name>:<route id>:<service id>:<consumer id>`` (empty when unset).
+  ``plugins:*:<name>:<route id>:<service id>:<consumer id>`` (empty when unset);
+* basic-auth and hmac-auth credentials: ``<kind>:*:<username>``; ACLs:
+  ``acls:*:<consumer id>:<group>``; JWT secrets: ``jwt_secrets:*:<key>`` when the key is
+  written; key-auth credentials and JWT secrets without a key:
+  ``<kind>:*:<consumer id>:#<n>``, n counting the consumer's earlier credentials of that
+  kind in load order (Kong draws random ids for both, their key being generated).
 
-Kong puts the reference as written in the last two keys (an id when nested, the text of
-``service: name`` otherwise); guichet always puts the resolved id, so a nested and a flat
-file give the same ids, equal to Kong's for nested entities. Where Kong would draw a random
-id (certificates, entities without a name) guichet uses the entity's position instead
-(key ``#services[3]``), so reloading the same file always yields the same ids.
+Kong puts the reference as written in the keys holding a reference (an id when nested,
+the text of ``service: name`` otherwise); guichet always puts the resolved id, so a nested
+and a flat file give the same ids, equal to Kong's for nested entities. Where Kong would
+draw a random id (certificates, entities without a name) guichet uses the entity's
+position instead (key ``#services[3]``), so reloading the same file always yields the
+same ids. A key-auth credential's id never derives from its key: a uuid5 of the key
+would be an unsalted hash of a secret, and the id is sent upstream
+(``X-Credential-Identifier``).
 
 Uniqueness (errors at the second occurrence): ids per kind; names of services, routes and
 upstreams; consumers' username and custom_id; SNI names across all certificates; plugin
-instance names; one plugin of a given name per (route, service, consumer) scope; one
-target per (upstream, host, port).
+instance names; key-auth keys, basic-auth and hmac-auth usernames and JWT keys across all
+consumers (as in Kong); one ACL group per consumer; one plugin of a given name per
+(route, service, consumer) scope; one target per (upstream, host, port). A message about
+a secret field (a key-auth key) never shows its value.
 
 References. ``service: x`` names the entity whose name (username for consumers) is x,
 else whose id is x; ``service: {id: <uuid>}`` names an id and ``service: {name: x}``
 (``{username: x}`` for consumers) a name: decK writes that form, Kong itself refuses it.
 Certificates have no name: only their id works. A reference to nothing is an error at
 the reference. An entity nested in another refers to it implicitly; writing the reference
-anyway is accepted only when it names that same enclosing entity.
+anyway is accepted only when it names that same enclosing entity. Targets, SNIs and
+credentials written at top level must name their upstream, certificate or consumer.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from typing import Any
 
 from guichet.config import rules
 from guichet.config.report import Reporter
-from guichet.config.schema import KINDS
+from guichet.config.schema import CREDENTIALS, KINDS
 from guichet.config.walker import Item
 from guichet.config.yamlmarks import format_path
 
@@ -54,24 +65,28 @@ def link(items: list[Item], report: Reporter) -> None:
     """Give every item an id, check uniqueness, resolve references into ``item.resolved``."""
     indexes = {kind: _Index() for kind in KINDS}
     uniques: dict[tuple[str, str], dict[str, Item]] = {}
-    referenced = [i for i in items if i.kind not in _REFERENCE_KEYED]
+    referenced = [i for i in items if i.kind not in _UNREFERENCED]
     for item in referenced:
         item.id = _explicit_id(item) or _named_id(item)
         _index(item, indexes[item.kind], uniques, report)
     for item in items:
         _resolve(item, indexes, report)
+    ordinals: dict[tuple[str, str | None], int] = {}
     for item in items:
-        if item.kind in _REFERENCE_KEYED:
+        if item.kind in _UNREFERENCED:
             explicit = _explicit_id(item)
-            item.id = explicit or _reference_keyed_id(item)
-            # a generated id repeats only when the scope repeats: _check_scopes says so
+            owner = (item.kind, item.resolved.get("consumer"))
+            ordinal = ordinals[owner] = ordinals.get(owner, -1) + 1
+            item.id = explicit or _late_id(item, ordinal)
+            # a generated id repeats only when its key repeats, and that is reported as
+            # a scope or a field uniqueness violation
             _index(item, indexes[item.kind], uniques, report, report_id=bool(explicit))
     _check_scopes(items, report)
 
 
-# Kinds whose generated id derives from their references (Kong's cache_key); nothing
-# refers to them, so their ids can wait until every reference is resolved.
-_REFERENCE_KEYED = {"targets": ("upstream",), "plugins": ("route", "service", "consumer")}
+# Kinds nothing refers to: their ids may derive from their references (Kong's cache_key),
+# so they wait until every reference is resolved.
+_UNREFERENCED = frozenset(("targets", "plugins", *CREDENTIALS))
 
 
 def _explicit_id(item: Item) -> str | None:
@@ -92,12 +107,27 @@ def _named_id(item: Item) -> str:
     return entity_uuid(item.kind, "#" + format_path(item.path))
 
 
-def _reference_keyed_id(item: Item) -> str:
-    refs = [item.resolved.get(name) or "" for name in _REFERENCE_KEYED[item.kind]]
+def _late_id(item: Item, ordinal: int) -> str:
+    """The generated id of a target, plugin or credential (see the module docstring);
+    ``ordinal`` counts the earlier credentials of the same kind and consumer."""
+    r, raw = item.resolved, item.raw
     if item.kind == "targets":
-        parts = ["targets", "*", *refs, str(item.raw.get("target"))]
+        parts = ["targets", "*", r["upstream"] or "", str(raw.get("target"))]
+    elif item.kind == "plugins":
+        parts = ["plugins", "*", str(raw.get("name")), r["route"] or "", r["service"] or "",
+                 r["consumer"] or ""]
+    elif item.kind == "acls":
+        parts = ["acls", "*", r["consumer"] or "", str(raw.get("group"))]
     else:
-        parts = ["plugins", "*", str(item.raw.get("name")), *refs]
+        field = {"basicauth_credentials": "username", "hmacauth_credentials": "username",
+                 "jwt_secrets": "key"}.get(item.kind)  # never a key-auth key: a secret
+        value = raw.get(field) if field else None
+        if isinstance(value, str) and value:
+            parts = [item.kind, "*", value]
+        elif r["consumer"] is not None:
+            parts = [item.kind, "*", r["consumer"], f"#{ordinal}"]
+        else:  # the missing consumer is reported
+            return entity_uuid(item.kind, "#" + format_path(item.path))
     return entity_uuid(item.kind, ":".join(parts))
 
 
@@ -110,9 +140,7 @@ class _Index:
 def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, Item]],
            report: Reporter, *, report_id: bool = True) -> None:
     kind = KINDS[item.kind]
-    unique_fields = [kind.endpoint_key] if kind.endpoint_key else []
-    if item.kind == "consumers":
-        unique_fields.append("custom_id")
+    unique_fields = ([kind.endpoint_key] if kind.endpoint_key else []) + list(kind.unique)
     failed = False
     for name in unique_fields:
         value = item.raw.get(name)
@@ -120,8 +148,9 @@ def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, I
             continue
         seen = uniques.setdefault((item.kind, name), {})
         if value in seen:
+            shown = "the same value" if name in kind.secrets else f"'{value}'"
             report.add(item.path + (name,), f"uniqueness violation: '{item.kind}' entity "
-                       f"with {name} set to '{value}' already declared"
+                       f"with {name} set to {shown} already declared"
                        f"{_first(seen[value], report)}")
             failed = True
         else:
@@ -142,7 +171,8 @@ def _first(item: Item, report: Reporter) -> str:
     return f" (first at line {mark.line})" if mark else ""
 
 
-_REQUIRED_REFERENCE = {"targets": "upstream", "snis": "certificate"}
+_REQUIRED_REFERENCE = {"targets": "upstream", "snis": "certificate",
+                       **{kind: "consumer" for kind in CREDENTIALS}}
 
 
 def _resolve(item: Item, indexes: dict[str, _Index], report: Reporter) -> None:
@@ -188,10 +218,19 @@ def _reference_mapping(value: Any, key: str) -> bool:
 def _check_scopes(items: list[Item], report: Reporter) -> None:
     plugins: dict[tuple[Any, ...], Item] = {}
     targets: dict[tuple[Any, ...], Item] = {}
+    groups: dict[tuple[Any, ...], Item] = {}
     for item in items:
         if item.model is None:
             continue
-        if item.kind == "plugins":
+        if item.kind == "acls" and item.resolved["consumer"] is not None:
+            scope = (item.resolved["consumer"], item.raw["group"])
+            if scope in groups:
+                report.add(item.path + ("group",), f"uniqueness violation: 'acls' entity "
+                           f"with group set to '{scope[1]}' already declared for this "
+                           f"consumer{_first(groups[scope], report)}")
+            else:
+                groups[scope] = item
+        elif item.kind == "plugins":
             r = item.resolved
             scope = (item.raw["name"], r["route"], r["service"], r["consumer"])
             if scope in plugins:

@@ -8,6 +8,14 @@ as in Kong). Every string must be non-empty, as in Kong. Field-level rules come 
 nor nested collections (``routes:`` inside a service): the loader takes those out first,
 as described by ``KINDS``.
 
+Consumers' credentials (``keyauth_credentials``, ``basicauth_credentials``,
+``jwt_secrets``, ``hmacauth_credentials``, ``acls``) follow Kong 3.x's
+``kong/plugins/<plugin>/daos.lua``: each belongs to one consumer (``consumer:`` at top
+level, implied when nested in a consumer); values Kong generates when absent (a key-auth
+key, a JWT key and secret, an HMAC secret) are absent here and drawn by
+``guichet.config.build``; a ``ttl`` (key-auth only) is Kong's absolute expiry time in Unix
+seconds, as Kong's own declarative export writes it.
+
 Kong features guichet does not implement are refused by name, never ignored:
 ``UNSUPPORTED_FIELDS`` (accepted only with Kong's default value or null),
 ``UNSUPPORTED_COLLECTIONS`` (accepted only empty or null), protocols other than
@@ -29,7 +37,10 @@ class PluginSchema(Protocol):
     """What the loader needs from a plugin: validate its ``config`` and fill defaults.
 
     ``validate`` returns the defaulted config and a list of (sub-path inside ``config``
-    such as ``"limits[0].minute"``, message); an empty list means valid.
+    such as ``"limits[0].minute"``, message); an empty list means valid. A schema may also
+    carry ``no_consumer = True`` (Kong's ``typedefs.no_consumer``, set by authentication
+    plugins): such a plugin cannot be configured on a consumer; the loader reads it with
+    ``getattr(schema, "no_consumer", False)``.
     """
 
     def validate(self, config: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -227,6 +238,36 @@ class Consumer(Entity):
     custom_id: Str | None = None
 
 
+class KeyAuthCredential(Entity):
+    key: Str | None = None  # Kong's ``auto``: drawn at random when absent
+    ttl: Annotated[int, _between(0, 2**53)] | None = None  # expiry, Unix seconds
+
+
+class BasicAuthCredential(Entity):
+    username: Str
+    password: Str  # plaintext, or a bcrypt/argon2 hash when ``_transform: false``
+
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384",
+                  "ES512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+class JwtSecret(Entity):
+    key: Str | None = None  # Kong's ``auto``
+    secret: Str | None = None  # Kong's ``auto``; drawn for HS* algorithms when absent
+    rsa_public_key: Str | None = None  # PEM; required for RS*, ES*, PS* and EdDSA
+    algorithm: Annotated[Str, _one_of(JWT_ALGORITHMS)] = "HS256"
+
+
+class HmacAuthCredential(Entity):
+    username: Str
+    secret: Str | None = None  # Kong's ``auto``
+
+
+class Acl(Entity):
+    group: Str
+
+
 class Plugin(Entity):
     name: Str
     instance_name: Name | None = None
@@ -244,12 +285,26 @@ class Kind:
     references: dict[str, str]  # field -> referenced kind
     children: tuple[str, ...] = ()
     endpoint_key: str | None = None  # the unique field a reference may name
+    unique: tuple[str, ...] = ()  # other fields unique across every entity of the kind
+    secrets: tuple[str, ...] = ()  # fields whose value no message may show
 
+
+# Consumers' credentials, in Kong's order; each may be nested in a consumer.
+CREDENTIALS = ("keyauth_credentials", "basicauth_credentials", "jwt_secrets",
+               "hmacauth_credentials", "acls")
+_OWNER = {"consumer": "consumers"}
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("services", Service, {}, ("routes", "plugins"), "name"),
     Kind("routes", Route, {"service": "services"}, ("plugins",), "name"),
-    Kind("consumers", Consumer, {}, ("plugins",), "username"),
+    Kind("consumers", Consumer, {}, ("plugins", *CREDENTIALS), "username", ("custom_id",)),
+    Kind("keyauth_credentials", KeyAuthCredential, _OWNER, (), None, ("key",), ("key",)),
+    Kind("basicauth_credentials", BasicAuthCredential, _OWNER, (), None, ("username",),
+         ("password",)),
+    Kind("jwt_secrets", JwtSecret, _OWNER, (), None, ("key",), ("secret",)),
+    Kind("hmacauth_credentials", HmacAuthCredential, _OWNER, (), None, ("username",),
+         ("secret",)),
+    Kind("acls", Acl, _OWNER),
     Kind("plugins", Plugin, {"service": "services", "route": "routes",
                              "consumer": "consumers"}, (), "instance_name"),
     Kind("upstreams", Upstream, {}, ("targets",), "name"),
@@ -271,11 +326,10 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, tuple[Any, ...]]] = {
 }
 
 # Collections of Kong entities guichet does not implement (top level or nested).
-CREDENTIALS = ("keyauth_credentials", "basicauth_credentials", "jwt_secrets",
-               "hmacauth_credentials", "acls", "oauth2_credentials",
-               "oauth2_authorization_codes", "oauth2_tokens")
 UNSUPPORTED_COLLECTIONS: dict[str, str] = {
-    **{name: "credentials of authentication plugins" for name in CREDENTIALS},
+    "oauth2_credentials": "entities of the oauth2 plugin",
+    "oauth2_authorization_codes": "entities of the oauth2 plugin",
+    "oauth2_tokens": "entities of the oauth2 plugin",
     "ca_certificates": "CA certificates for upstream TLS verification",
     "vaults": "vaults", "keys": "keys", "key_sets": "key sets",
     "workspaces": "workspaces", "parameters": "parameters",

@@ -6,15 +6,19 @@ Rules, for every entity met (top level or nested, in the order the file lists th
 * ``_comment`` (a string) and ``_ignore`` (an array) are accepted and ignored on every
   entity, as in Kong; a key with a null value counts as absent (Kong's ``null``);
 * nested collections the entity may hold (``routes`` in a service, ``plugins`` in a
-  service, route or consumer, ``targets`` in an upstream, ``snis`` in a certificate) are
-  walked after the entity, with the entity as their parent;
+  service, route or consumer, credentials in a consumer, ``targets`` in an upstream,
+  ``snis`` in a certificate) are walked after the entity, with the entity as their parent;
 * reference fields (``service:``, ``upstream:`` ...) are set aside for
   ``guichet.config.references``; Kong fields guichet does not implement are refused unless
   they hold Kong's default; the rest is validated by the kind's pydantic model and then by
   the kind's cross-field checks;
 * a service's ``url`` is Kong's shorthand for protocol, host, port and path;
 * a plugin's name must be one of the given ``plugin_schemas``, whose ``validate`` then
-  checks and defaults its ``config`` (a disabled plugin is checked too).
+  checks and defaults its ``config`` (a disabled plugin is checked too); a plugin whose
+  schema says ``no_consumer`` (authentication plugins) cannot be nested in a consumer nor
+  name one (Kong's "value must be null");
+* a basic-auth password must fit bcrypt (72 bytes) when it is to be hashed, and must
+  already be a bcrypt or argon2 hash when the root says ``_transform: false``.
 
 Every problem is reported and the walk goes on, so one load reports every error.
 """
@@ -35,7 +39,7 @@ _NESTED_RECORDS = ("healthchecks",)  # nulls inside these records also mean "abs
 _CHECKS: dict[str, Any] = {
     "services": checks.check_service, "routes": checks.check_route,
     "upstreams": checks.check_upstream, "consumers": checks.check_consumer,
-    "certificates": checks.check_certificate,
+    "certificates": checks.check_certificate, "jwt_secrets": checks.check_jwt_secret,
 }
 
 
@@ -61,9 +65,11 @@ class Item:
 
 
 class Walker:
-    def __init__(self, report: Reporter, plugin_schemas: Mapping[str, Any]) -> None:
+    def __init__(self, report: Reporter, plugin_schemas: Mapping[str, Any], *,
+                 transform: bool = True) -> None:
         self.report = report
         self.plugin_schemas = plugin_schemas
+        self.transform = transform  # the root's _transform: hash plaintext secrets
         self.items: list[Item] = []
         self.route_count = 0
 
@@ -169,6 +175,8 @@ class Walker:
             return None
         check = _CHECKS.get(kind.name)
         problems = check(model) if check else []
+        if isinstance(model, schema.BasicAuthCredential):
+            problems += checks.check_basicauth_password(model, transform=self.transform)
         for loc, message in problems:
             self.report.add(path + loc, message)
         return None if problems else model
@@ -183,15 +191,27 @@ class Walker:
                             f"plugin '{name}' is not implemented by guichet yet")
             item.model = None
             return
-        if not isinstance(item.model, schema.Plugin):
+        if isinstance(item.model, schema.Plugin):
+            config = item.model.config or {}
+            defaulted, problems = plugin_schema.validate(config)
+            for sub_path, message in problems:
+                self.report.add(item.path + ("config",) + parse_path(sub_path), message)
+            item.plugin_config = None if problems else defaulted
+            if problems:
+                item.model = None
+        if getattr(plugin_schema, "no_consumer", False):
+            self._no_consumer(item, name)
+
+    def _no_consumer(self, item: Item, name: str) -> None:
+        """Kong's ``typedefs.no_consumer``: the plugin's ``consumer`` must stay null."""
+        message = f"value must be null (plugin '{name}' cannot be configured on a consumer)"
+        if "consumer" in item.refs:
+            self.report.add(item.refs["consumer"][1], message)
+        elif item.parent is not None and item.parent.kind == "consumers":
+            self.report.add(item.path + ("consumer",), message)
+        else:
             return
-        config = item.model.config or {}
-        defaulted, problems = plugin_schema.validate(config)
-        for sub_path, message in problems:
-            self.report.add(item.path + ("config",) + parse_path(sub_path), message)
-        item.plugin_config = None if problems else defaulted
-        if problems:
-            item.model = None
+        item.model = None
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -119,6 +119,12 @@ class Plugin:
         self.config = config
         self.env = env
 
+    def active_phases(self) -> tuple[str, ...]:
+        """The phases this instance takes part in: by default every hook the class
+        overrides. An instance whose configuration makes a hook a no-op (correlation-id
+        without ``echo_downstream``) leaves that phase out, and costs nothing there."""
+        return implemented_phases(type(self))
+
     async def start(self) -> None:
         """Called once the snapshot is built, in the worker's event loop."""
 

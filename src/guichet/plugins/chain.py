@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from guichet.config.model import Config, Plugin as PluginEntity, Route
-from guichet.plugins.api import PHASES, Plugin, implemented_phases
+from guichet.plugins.api import PHASES, Plugin
 
 if TYPE_CHECKING:
     from guichet.plugins.env import BuildEnv
@@ -51,7 +51,7 @@ class Chain:
         per_phase: dict[str, list[Callable[..., Any]]] = {phase: [] for phase in PHASES}
         access_keys: list[tuple[int, str]] = []
         for plugin in ordered:
-            for phase in implemented_phases(type(plugin)):
+            for phase in plugin.active_phases():
                 per_phase[phase].append(getattr(plugin, phase))
                 if phase == "access":
                     access_keys.append(sort_key(plugin))
@@ -106,6 +106,7 @@ class ChainTable:
             scope = (entity.consumer_id, entity.route_id, entity.service_id)
             self._by_scope.setdefault(scope, []).append(entity.id)
         self.consumer_scoped = any(e.consumer_id for e in self._entities.values())
+        self.active = bool(self._entities)  # False: no request needs a chain
         self._cache: dict[tuple[str | None, str, str | None], Chain] = {}
 
     def __len__(self) -> int:

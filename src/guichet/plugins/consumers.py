@@ -3,16 +3,16 @@
 One :class:`ConsumerDirectory` per configuration snapshot. Indexes are built on first use
 and shared by every plugin instance of the snapshot (a hundred routes with key-auth build
 the key index once). Secrets are indexed by a digest, never by their plaintext:
-:func:`secret_digest` is an HMAC-SHA256 under a key drawn at process start, so a dict
+:func:`secret_digest` is keyed BLAKE2b (a MAC) under a key drawn at process start, so a dict
 lookup on it tells nothing about how much of a wrong key was right (the comparison is
 constant-time by construction), and the plaintext is not kept in the index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
+from hashlib import blake2b
 from typing import Any, Callable
 
 from guichet.config.model import Config, Consumer
@@ -24,7 +24,7 @@ def secret_digest(secret: str | bytes) -> bytes:
     """A keyed digest of a secret: what indexes hold and what lookups compute."""
     if isinstance(secret, str):
         secret = secret.encode("utf-8")
-    return hmac.new(_DIGEST_KEY, secret, hashlib.sha256).digest()
+    return blake2b(secret, key=_DIGEST_KEY, digest_size=32).digest()
 
 
 def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:

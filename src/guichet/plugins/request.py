@@ -18,33 +18,52 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import parse_qs
 
 from guichet.errors import PayloadTooLarge
-from guichet.server.headers import header_line
+from guichet.server.headers import check_header
 
 if TYPE_CHECKING:
     from guichet.config.model import Consumer, Route, Service
     from guichet.server.exchange import Exchange
 
-_FORBIDDEN = frozenset({"content-length", "transfer-encoding", "connection", "upgrade",
-                        "keep-alive", "te", "trailer"})
 _METHODS: dict[bytes, str] = {}
+_LOWER_BYTES: dict[str, bytes] = {}
+
+
+def _lower_bytes(name: str) -> bytes:
+    lname = _LOWER_BYTES.get(name)
+    if lname is None:
+        lname = name.lower().encode("latin-1")
+        if len(_LOWER_BYTES) < 4096:
+            _LOWER_BYTES[name] = lname
+    return lname
 
 
 class Request:
-    __slots__ = ("_ex", "ctx", "consumer", "credential", "edits", "upstream_path",
-                 "upstream_query", "_args", "_body_waiter", "body_limit")
+    """Attributes default to the class values below; a request writes only what changes
+    (one is made per proxied request on routes with plugins: it must be cheap)."""
+
+    consumer: "Consumer | None" = None
+    credential: Any = None
+    # the identity headers set_consumer decided: (block of lines, their lower-case names)
+    identity: "tuple[bytes, frozenset[bytes], dict[bytes, list[bytes]]] | None" = None
+    # lower-case name -> the header lines to send ([] removes the header), rendered when
+    # set: b"x-trace" -> [b"X-Trace: a b\r\n"]
+    lines: dict[bytes, list[bytes]] | None = None
+    upstream_path: str | None = None
+    upstream_query: str | None = None
+    _args: dict[str, list[str]] | None = None
+    _body_waiter: "asyncio.Future[None] | None" = None
+    body_limit = 0
 
     def __init__(self, ex: "Exchange") -> None:
         self._ex = ex
         self.ctx: dict[str, Any] = {}
-        self.consumer: "Consumer | None" = None
-        self.credential: Any = None
-        # lower-case name -> [(name, value), ...]; an empty list removes the header
-        self.edits: dict[str, list[tuple[str, str]]] | None = None
-        self.upstream_path: str | None = None
-        self.upstream_query: str | None = None
-        self._args: dict[str, list[str]] | None = None
-        self._body_waiter: asyncio.Future[None] | None = None
-        self.body_limit = 0
+
+    def release(self) -> None:
+        """The exchange is over: drop the link back to it (the two would otherwise form a
+        reference cycle, left to the cyclic garbage collector)."""
+        ex = self._ex
+        if ex is not None and ex.req is self:
+            ex.req = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -78,6 +97,16 @@ class Request:
         return self._ex.raw_path
 
     @property
+    def raw_target(self) -> str:
+        """The request target exactly as the client sent it (nginx's ``$request_uri``)."""
+        return self._ex.url.decode("latin-1")
+
+    @property
+    def http_version(self) -> str:
+        """``"1.1"`` or ``"1.0"``."""
+        return "1.0" if self._ex.http10 else "1.1"
+
+    @property
     def query(self) -> str:
         """The raw query string, without the "?"."""
         return self._ex.query
@@ -99,12 +128,25 @@ class Request:
         return self._ex.lazy_headers()
 
     def header(self, name: str) -> str | None:
-        return self._ex.lazy_headers().get(name.lower())
+        """One header's value (repeated fields joined with ", "), or None."""
+        ex = self._ex
+        if ex._lazy_headers is not None:
+            return ex._lazy_headers.get(name.lower())
+        lname = _lower_bytes(name)
+        found = None
+        for n, _, v in ex.headers:
+            if n == lname:
+                found = v if found is None else found + b", " + v
+        return None if found is None else found.decode("latin-1")
 
     def header_values(self, name: str) -> list[str]:
         """Every value of a repeated header, in order."""
-        lname = name.lower().encode("latin-1")
-        return [v.decode("latin-1") for n, _, v in self._ex.headers if n == lname]
+        lname = _lower_bytes(name)
+        values = []
+        for n, _, v in self._ex.headers:
+            if n == lname:
+                values.append(v.decode("latin-1"))
+        return values
 
     @property
     def client_ip(self) -> str:
@@ -148,39 +190,47 @@ class Request:
     # ------------------------------------------------------------------ the upstream request
     def set_header(self, name: str, value: str) -> None:
         """Replace every value of ``name`` toward the upstream (Kong's ``set_header``)."""
-        lname = name.lower()
-        if lname in _FORBIDDEN:
-            raise ValueError(f"the gateway writes {name} itself")
-        value = str(value)
-        header_line(name, value)  # refuses CR, LF, NUL and bad names now, in the plugin
-        if self.edits is None:
-            self.edits = {}
-        self.edits[lname] = [(name, value)]
+        lname = check_header(name, value)
+        if self.lines is None:
+            self.lines = {}
+        self.lines[lname] = [f"{name}: {value}\r\n".encode("latin-1")]
 
     def add_header(self, name: str, value: str) -> None:
         """Add a value to ``name`` toward the upstream, keeping what the client sent."""
-        lname = name.lower()
-        if lname in _FORBIDDEN:
-            raise ValueError(f"the gateway writes {name} itself")
-        value = str(value)
-        header_line(name, value)
-        if self.edits is None:
-            self.edits = {}
-        current = self.edits.get(lname)
+        lname = check_header(name, value)
+        if self.lines is None:
+            self.lines = {}
+        current = self.lines.get(lname)
         if current is None:
-            lb = lname.encode("latin-1")
-            current = [(n.decode("latin-1"), v.decode("latin-1"))
-                       for ln, n, v in self._ex.headers if ln == lb]
-        self.edits[lname] = current + [(name, value)]
+            current = [n + b": " + v + b"\r\n" for ln, n, v in self._ex.headers if ln == lname]
+        self.lines[lname] = current + [f"{name}: {value}\r\n".encode("latin-1")]
 
     def remove_header(self, name: str) -> None:
         """Send no ``name`` header upstream (Kong's ``clear_header``)."""
-        lname = name.lower()
-        if lname in _FORBIDDEN:
-            raise ValueError(f"the gateway writes {name} itself")
-        if self.edits is None:
-            self.edits = {}
-        self.edits[lname] = []
+        lname = check_header(name, "")
+        if self.lines is None:
+            self.lines = {}
+        self.lines[lname] = []
+
+    @property
+    def edits(self) -> dict[str, list[tuple[str, str]]] | None:
+        """What plugins changed in the upstream headers, by lower-case name: the
+        (name, value) pairs to send, ``[]`` for a removed header (for tests and debugging)."""
+        merged: dict[bytes, list[bytes]] = {}
+        if self.identity is not None:
+            merged.update(self.identity[2])
+        if self.lines:
+            merged.update(self.lines)
+        if self.identity is None and self.lines is None:
+            return None
+        out = {}
+        for lname, lines in merged.items():
+            pairs = []
+            for line in lines:
+                name, _, value = line[:-2].decode("latin-1").partition(": ")
+                pairs.append((name, value))
+            out[lname.decode("latin-1")] = pairs
+        return out
 
     def set_path(self, path: str) -> None:
         """Send this path upstream instead of the one the route computed."""
@@ -204,20 +254,12 @@ class Request:
         """
         self.consumer = consumer
         self.credential = credential
-        for header, value in (
-            ("X-Consumer-ID", consumer.id if consumer else None),
-            ("X-Consumer-Custom-ID", consumer.custom_id if consumer else None),
-            ("X-Consumer-Username", consumer.username if consumer else None),
-            ("X-Credential-Identifier", credential_identifier if credential is not None else None),
-        ):
-            if value is None:
-                self.remove_header(header)
-            else:
-                self.set_header(header, value)
-        if credential is None:
-            self.set_header("X-Anonymous-Consumer", "true")
-        else:
-            self.remove_header("X-Anonymous-Consumer")
+        self.identity = _identity(consumer, credential_identifier if credential is not None
+                                  else None, credential is None)
+        lines = self.lines
+        if lines:  # an identity header set by hand before is replaced by this identity
+            for lname in self.identity[1]:
+                lines.pop(lname, None)
 
     @property
     def authenticated(self) -> bool:
@@ -250,6 +292,21 @@ class Request:
             raise PayloadTooLarge()
         return b"".join(ex.body_pending or ())
 
+    def set_body(self, body: bytes) -> None:
+        """Send ``body`` upstream instead of the client's (after ``read_body``, or on a
+        request without a body). Content-Length follows the new body."""
+        ex = self._ex
+        if ex.has_body and not ex.body_complete:
+            raise RuntimeError("set_body before the body was read (await req.read_body())")
+        ex.body_pending = [body] if body else None
+        ex.body_pending_size = len(body)
+        ex.replay = [body] if body else None
+        ex.replay_size = len(body)
+        ex.replayable = True
+        ex.chunked = False
+        ex.has_body = bool(body)
+        ex.content_length = len(body) if body else None
+
     def body_progress(self) -> None:
         """Called by the exchange when body bytes arrive while a plugin waits for them."""
         waiter = self._body_waiter
@@ -260,6 +317,36 @@ class Request:
             waiter.set_result(None)
         elif ex.body_received > self.body_limit:
             waiter.set_exception(PayloadTooLarge())
+
+
+_IDENTITY_CACHE: dict[tuple[Any, ...], tuple[bytes, frozenset[bytes], dict[bytes, list[bytes]]]] = {}
+_IDENTITY_NAMES = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
+                             b"x-credential-identifier", b"x-anonymous-consumer"})
+
+
+def _identity(consumer: "Consumer | None", identifier: str | None,
+              anonymous: bool) -> tuple[bytes, frozenset[bytes], dict[bytes, list[bytes]]]:
+    """The identity headers of one consumer and credential, rendered once: the block of
+    lines sent upstream, the names it governs (a header among them that it does not carry
+    is removed), and the same as edits (name -> lines, [] for removed)."""
+    key = (consumer.id if consumer else None, consumer.username if consumer else None,
+           consumer.custom_id if consumer else None, identifier, anonymous)
+    found = _IDENTITY_CACHE.get(key)
+    if found is None:
+        edits: dict[bytes, list[bytes]] = {}
+        for header, value in (
+            ("X-Consumer-ID", key[0]), ("X-Consumer-Custom-ID", key[2]),
+            ("X-Consumer-Username", key[1]), ("X-Credential-Identifier", identifier),
+            ("X-Anonymous-Consumer", "true" if anonymous else None),
+        ):
+            lname = check_header(header, value or "")
+            edits[lname] = [f"{header}: {value}\r\n".encode("latin-1")] if value is not None else []
+        block = b"".join(line for lines in edits.values() for line in lines)
+        found = (block, _IDENTITY_NAMES, edits)
+        if len(_IDENTITY_CACHE) >= 4096:
+            _IDENTITY_CACHE.clear()
+        _IDENTITY_CACHE[key] = found
+    return found
 
 
 class ResponseHead:

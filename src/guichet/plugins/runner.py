@@ -45,9 +45,8 @@ def start(ex: "Exchange", chain: Chain) -> None:
 
 def _run(ex: "Exchange", phase: int, index: int) -> None:
     req = ex.req
+    hooks = ex.chain.access if phase == ACCESS else ex.chain.rewrite
     while True:
-        chain = ex.chain
-        hooks = chain.access if phase == ACCESS else chain.rewrite
         while index < len(hooks):
             hook = hooks[index]
             index += 1
@@ -68,8 +67,11 @@ def _run(ex: "Exchange", phase: int, index: int) -> None:
                 hooks = ex.chain.access
         if phase == ACCESS:
             break
-        phase, index = ACCESS, 0
-    _proceed(ex)
+        phase, index, hooks = ACCESS, 0, ex.chain.access
+    if ex.chain.upstream_request:
+        _upstream_request(ex)
+    else:
+        ex.client.proceed(ex)
 
 
 def _switch_chain(ex: "Exchange", hook: Callable[..., Any], index: int) -> int:
@@ -109,7 +111,7 @@ async def _resume(ex: "Exchange", phase: int, index: int, hook: Callable[..., An
         ex.client.respond_error(ex, 500, "An unexpected error occurred", close=True)
 
 
-def _proceed(ex: "Exchange") -> None:
+def _upstream_request(ex: "Exchange") -> None:
     req = ex.req
     for hook in ex.chain.upstream_request:
         try:

@@ -20,6 +20,7 @@ Rules, in the order they are applied:
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Iterable
 
 HOP_BY_HOP = frozenset(
@@ -199,9 +200,30 @@ def render_pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(out)
 
 
-def header_line(name: str, value: str) -> bytes:
-    """One ``Name: value`` line toward the upstream, from a plugin's strings; a CR, LF or
-    NUL in either would forge headers, so it is refused."""
-    if not name or any(c in name for c in " \t\r\n\0:") or any(c in value for c in "\r\n\0"):
-        raise ValueError(f"invalid header set by a plugin: {name!r}")
-    return f"{name}: {value}\r\n".encode("latin-1")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHECKED_NAMES: dict[str, bytes] = {}
+# Framing and connection fields are the gateway's: plugins cannot set them.
+_NOT_SETTABLE = frozenset({"content-length", "transfer-encoding", "connection", "upgrade",
+                           "keep-alive", "te", "trailer"})
+
+
+def check_header(name: str, value: str) -> bytes:
+    """Check a header a plugin sets toward the upstream; return its lower-case name.
+
+    The name must be a token and not a framing field; the value must hold no CR, LF or
+    NUL (which would forge headers) and be Latin-1. Raises ValueError otherwise.
+    """
+    lname = _CHECKED_NAMES.get(name)
+    if lname is None:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name set by a plugin: {name!r}")
+        if name.lower() in _NOT_SETTABLE:
+            raise ValueError(f"the gateway writes {name} itself")
+        lname = name.lower().encode("latin-1")
+        if len(_CHECKED_NAMES) < 4096:
+            _CHECKED_NAMES[name] = lname
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"invalid character in the value of header {name!r} set by a plugin")
+    if not value.isascii():
+        value.encode("latin-1")  # raises UnicodeEncodeError (a ValueError) beyond Latin-1
+    return lname

@@ -122,8 +122,9 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.state != DONE:
             ex.state = DONE
             ex.drop_upstream()
-            if ex.chain is not None:
+            if ex.req is not None:
                 runner.run_log(ex)
+                ex.req.release()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -355,7 +356,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         ex.service = svc
         chains = snap.chains
-        if chains:
+        if chains.active:
             chain = chains.chain(match.route, self.scheme)
             if chain:
                 runner.start(ex, chain)
@@ -399,15 +400,19 @@ class ClientProtocol(asyncio.Protocol):
             target += b"?" + ex.query.encode("latin-1")
         host = ex.host if route.preserve_host else svc.host_header(ex.peer)  # type: ignore[union-attr]
         req = ex.req
-        edits = None
+        edits = identity = None
         if req is not None:
             target, host, edits = _plugin_edits(req, target, host)
+            identity = req.identity
+            if identity is not None and edits and not identity[1].isdisjoint(edits):
+                # a plugin set an identity header itself after authentication: merge
+                merged = dict(identity[2])
+                merged.update(edits)
+                edits, identity = merged, None
         parts = [ex.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]  # type: ignore[list-item]
         xff = via = None
         kept: dict[bytes, bytes] | None = None
         named = H.connection_tokens(ex.conn_names) if ex.conn_names else ()
-        if edits:
-            named = set(named) | edits.keys()
         for lname, name, value in ex.headers:
             if lname in H.REWRITTEN_UPSTREAM:
                 if lname == b"x-forwarded-for":
@@ -421,7 +426,11 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             if lname in named or lname.startswith(H.IDENTITY_PREFIXES):
                 continue
+            if edits is not None and lname in edits:
+                continue
             parts.append(name + b": " + value + b"\r\n")
+        if identity is not None:
+            parts.append(identity[0])  # client-sent identity headers were dropped above
         if edits:
             for lines in edits.values():
                 parts.extend(lines)
@@ -546,14 +555,17 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None:
             ex.state = DONE
             ex.drop_upstream()
-            if ex.chain is not None:
+            if ex.req is not None:
                 runner.run_log(ex)
+                ex.req.release()
         if self.transport is not None:
             self.transport.abort()
 
     def exchange_done(self, ex: Exchange) -> None:
-        if ex.chain is not None:
-            runner.run_log(ex)
+        if ex.req is not None:
+            if ex.chain.log:
+                runner.run_log(ex)
+            ex.req.release()  # breaks the request <-> exchange cycle: freed at once, no GC
         ex.state = DONE
         if self.active is ex:
             self.active = None
@@ -674,15 +686,14 @@ def _plugin_edits(req: "Request", target: bytes, host: bytes) -> tuple[bytes, by
         if req.upstream_query is not None:
             query = req.upstream_query.encode("latin-1")
         target = path + b"?" + query if query else path
-    if not req.edits:
+    edits = req.lines
+    if not edits:
         return target, host, None
-    edits: dict[bytes, list[bytes]] = {}
-    for lname, values in req.edits.items():
-        if lname == "host":
-            if values:
-                host = values[-1][1].encode("latin-1")
-            continue
-        edits[lname.encode("latin-1")] = [H.header_line(n, v) for n, v in values]
+    if b"host" in edits:
+        lines = edits[b"host"]
+        if lines:
+            host = lines[-1].partition(b": ")[2][:-2]
+        edits = {k: v for k, v in edits.items() if k != b"host"}
     return target, host, edits
 
 
