@@ -15,7 +15,10 @@ Rules implemented here:
   callers use it when the user is unknown, so a refusal takes as long for an unknown user
   as for a known one (no user enumeration by timing).
 - Verification is CPU-bound (~50 ms at bcrypt cost 10); both libraries release the GIL, so
-  asynchronous callers should run it in a thread (``asyncio.to_thread``).
+  asynchronous callers run it on threads, and bound how many wait: basic-auth uses a pool
+  of its own with a cap on pending verifications
+  (:class:`guichet.plugins.bundled.basic_auth.VerificationPool`), never the event loop's
+  shared default executor, which a flood of guesses would fill for everyone.
 """
 
 from __future__ import annotations

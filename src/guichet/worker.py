@@ -258,6 +258,10 @@ def worker_main(settings: Settings, config_text: str, source: str, control: Any,
     """Entry point of a worker process (spawned by the master)."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{index}] %(levelname)s %(name)s: %(message)s")
+    # Plugins' outbound calls (JWKS, introspection): one INFO line per call would flood the
+    # log and could carry URLs with query secrets; their failures are logged by the plugins.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     import uvloop
 
     try:

@@ -76,6 +76,7 @@ def gw(module_gateway_factory, upstream_servers) -> Gateway:
         route("size", plugin("request-size-limiting", allowed_payload_size=1,
                              size_unit="kilobytes")),
         route("size-cl", plugin("request-size-limiting", require_content_length=True)),
+        route("size-big", plugin("request-size-limiting", allowed_payload_size=20)),
         # request-termination
         route("term", plugin("request-termination")),
         route("term-trigger", plugin("request-termination", status_code=403,
@@ -260,6 +261,19 @@ def test_request_size_chunked(gw, upstream, http):
     resp = http.post(url(gw, "/size"), content=chunks(5000))
     assert_error(resp, 413, "Request size limit exceeded")
     assert len(upstream.requests) == 1
+
+
+def test_request_size_chunked_under_a_large_limit_streams_whole(gw, upstream, http):
+    total = 10 << 20  # more than client_body_buffer_size: it must stream, not be held
+
+    def chunks():
+        block = b"z" * 65536
+        for _ in range(total // len(block)):
+            yield block
+
+    resp = http.post(url(gw, "/size-big"), content=chunks())
+    assert resp.status_code == 200, resp.text
+    assert upstream.requests[-1].body_length == total
 
 
 def test_request_size_expect_continue(gw, upstream):

@@ -3,7 +3,10 @@
 Identity headers set on success and stripped when forged, 401 answers with
 WWW-Authenticate and the JSON error body, hide_credentials, the anonymous fallback, two
 authentication plugins combined with anonymous (logical OR) and without (logical AND),
-and basic-auth refusing as slowly for an unknown user as for a wrong password.
+basic-auth refusing as slowly for an unknown user as for a wrong password, answering a
+repeated wrong pair at once and a flood of guesses with 503 within a bounded time,
+non-ASCII keys, usernames and signed headers as the bytes sent, and configurations whose
+realm or identity values cannot go into a header refused at start.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import socket
 import statistics
 import time
 from email.utils import formatdate
@@ -18,10 +23,13 @@ from email.utils import formatdate
 import pytest
 
 from support import declarative
+from support.gateway import Gateway, GatewayStartError
 
 ALICE_KEY = "alice-key-0123456789"
 ALICE_PASSWORD = "open sesame"
 HMAC_SECRET = "alice-hmac-secret"
+LI_KEY = "clé-密钥-0123456789"  # the key of the consumer 李雷
+LI_HMAC_SECRET = "sécret-李"
 FORGED = {"X-Consumer-ID": "forged", "X-Consumer-Username": "mallory",
           "X-Consumer-Custom-ID": "forged", "X-Credential-Identifier": "forged",
           "X-Anonymous-Consumer": "false"}
@@ -62,6 +70,8 @@ def auth_config(upstream_url: str) -> str:
                                         "password": ALICE_PASSWORD}],
              "hmacauth_credentials": [{"username": "alice-hmac", "secret": HMAC_SECRET}]},
             {"username": "guest"},
+            {"username": "李雷", "keyauth_credentials": [{"key": LI_KEY}],
+             "hmacauth_credentials": [{"username": "zoë-hmac", "secret": LI_HMAC_SECRET}]},
         ],
     )
 
@@ -214,23 +224,27 @@ def test_basic_auth_unknown_user_is_refused_as_slowly_as_a_wrong_password(gw, ht
 
 
 # ---- hmac-auth --------------------------------------------------------------------------
-def hmac_headers(method: str, target: str, signed: list[str], extra: dict[str, str] | None = None,
+def hmac_headers(method: str, target: str, signed: list[str],
+                 extra: dict[str, str | bytes] | None = None,
                  secret: str = HMAC_SECRET, username: str = "alice-hmac",
-                 algorithm: str = "hmac-sha256", date: str | None = None) -> dict[str, str]:
+                 algorithm: str = "hmac-sha256", date: str | None = None) -> dict:
     headers = {"Date": date or formatdate(usegmt=True), **(extra or {})}
     lower = {k.lower(): v for k, v in headers.items()}
-    lines = []
+    lines: list[bytes] = []  # what is signed: the bytes sent
     for name in signed:
         if name == "@request-target":
-            lines.append(f"@request-target: {method.lower()} {target}")
+            lines.append(f"@request-target: {method.lower()} {target}".encode())
         else:
-            lines.append(f"{name}: {lower[name]}")
+            value = lower[name]
+            lines.append(f"{name}: ".encode() + (value if isinstance(value, bytes)
+                                                   else value.encode()))
     digestmod = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512,
                  "hmac-sha1": hashlib.sha1}[algorithm]
     signature = base64.b64encode(
-        hmac.new(secret.encode(), "\n".join(lines).encode(), digestmod).digest()).decode()
+        hmac.new(secret.encode(), b"\n".join(lines), digestmod).digest()).decode()
     headers["Authorization"] = (f'hmac username="{username}", algorithm="{algorithm}", '
-                                f'headers="{" ".join(signed)}", signature="{signature}"')
+                                f'headers="{" ".join(signed)}", signature="{signature}"'
+                                ).encode()
     return headers
 
 
@@ -242,7 +256,7 @@ def test_hmac_auth_success(gw, http, upstream):
     sent = identity(upstream.requests[-1])
     assert sent["x-consumer-username"] == "alice"
     assert sent["x-credential-identifier"] == "alice-hmac"
-    assert upstream.requests[-1].header("authorization") == headers["Authorization"]
+    assert upstream.requests[-1].header("authorization") == headers["Authorization"].decode()
 
 
 def test_hmac_auth_refusals(gw, http, upstream):
@@ -331,3 +345,118 @@ def test_anonymous_naming_no_consumer_answers_500(gw, http, upstream):
     assert response.status_code == 500
     assert response.json()["message"] == "anonymous consumer ghost is configured but doesn't exist"
     assert http.get(gw.url + "/ghost", headers={"apikey": ALICE_KEY}).status_code == 200
+
+
+# ---- bytes beyond ASCII -----------------------------------------------------------------
+def test_non_ascii_key_matches_from_a_header_and_from_the_query(gw, http, upstream):
+    response = http.get(gw.url + "/key", headers={"apikey": LI_KEY.encode("utf-8")})
+    assert response.status_code == 200, response.text
+    recorded = upstream.requests[-1]
+    assert recorded.header("x-consumer-username").encode("latin-1") == "李雷".encode("utf-8")
+    response = http.get(gw.url + "/key", params={"apikey": LI_KEY})  # percent-encoded UTF-8
+    assert response.status_code == 200, response.text
+    latin1 = http.get(gw.url + "/key", headers={"apikey": "clé".encode("latin-1")})
+    assert_refused(latin1, "Unauthorized", "Key")
+
+
+def test_hmac_signature_over_non_ascii_header_bytes(gw, http, upstream):
+    target = "/hmac/orders"
+    headers = hmac_headers("GET", target, ["date", "@request-target", "x-note"],
+                           extra={"X-Note": "Zoë 李".encode("utf-8")},
+                           secret=LI_HMAC_SECRET, username="zoë-hmac")
+    response = http.get(gw.url + target, headers=headers)
+    assert response.status_code == 200, response.text
+    sent = upstream.requests[-1].header("x-credential-identifier")
+    assert sent.encode("latin-1") == "zoë-hmac".encode("utf-8")
+    tampered = {**headers, "X-Note": "Zoë 李".encode("utf-8").replace(b"\xc3\xab", b"\xeb")}
+    assert_refused(http.get(gw.url + target, headers=tampered),
+                   "HMAC signature does not match", "hmac")
+
+
+# ---- basic-auth cost under load ---------------------------------------------------------
+def test_basic_auth_repeated_wrong_pair_is_answered_without_verifying(gw, http):
+    def refusal_time(username: str) -> float:
+        start = time.perf_counter()
+        response = http.get(gw.url + "/basic", headers={"Authorization": basic(username, "same")})
+        assert response.status_code == 401
+        return time.perf_counter() - start
+
+    for username in ("alice-basic", "nobody-repeat"):  # known user or not: the same way
+        first = refusal_time(username)
+        repeats = statistics.median(refusal_time(username) for _ in range(5))
+        assert first > 0.01  # a bcrypt verification
+        assert repeats < first / 3, (username, first, repeats)
+
+
+def raw_basic_request(username: str, password: str) -> bytes:
+    return (f"GET /basic HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+            f"Authorization: {basic(username, password)}\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+
+
+def test_basic_auth_flood_is_answered_503_and_does_not_starve_a_login(gw, http):
+    """200 concurrent guesses with unknown usernames: at most 64 wait for a verification
+    (in the one worker), the others are answered 503 at once; a legitimate first login
+    is told to retry at once or waits at most for that queue (64 x ~50 ms / 2 threads),
+    not for the whole flood (which took 14 s when verifications were unbounded)."""
+    flood = []
+    try:
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
+            sock.sendall(raw_basic_request(f"flood{i}", "guess"))
+            flood.append(sock)
+        start = time.perf_counter()
+        login = http.get(gw.url + "/basic",
+                         headers={"Authorization": basic("alice-basic", "first-try")},
+                         timeout=15)
+        waited = time.perf_counter() - start
+        assert login.status_code in (401, 503), login.text
+        assert waited < 4.0, waited
+        answers = [read_answer(sock) for sock in flood]
+    finally:
+        for sock in flood:
+            sock.close()
+    statuses = [answer.split(b" ", 2)[1] for answer in answers]
+    assert set(statuses) <= {b"401", b"503"}, set(statuses)
+    assert statuses.count(b"503") >= 100, statuses.count(b"503")
+    assert statuses.count(b"401") >= 10, statuses.count(b"401")
+    busy = next(answer for answer in answers if answer.startswith(b"HTTP/1.1 503"))
+    head, _, body = busy.partition(b"\r\n\r\n")
+    assert b"\r\nretry-after: 1\r\n" in head.lower() + b"\r\n"
+    assert b"www-authenticate" not in head.lower()
+    answer = json.loads(body)
+    assert answer["message"] == "Too many authentication attempts in progress"
+    assert answer["request_id"]
+    # once the flood is answered, logins are verified again
+    ok = http.get(gw.url + "/basic",
+                  headers={"Authorization": basic("alice-basic", ALICE_PASSWORD)})
+    assert ok.status_code == 200
+
+
+# ---- values that cannot go into a header refuse the configuration ---------------------------
+@pytest.mark.parametrize("config, where", [
+    ({"plugins": [{"name": "basic-auth", "config": {"realm": "李"}}]}, "realm"),
+    ({"plugins": [{"name": "key-auth", "config": {"realm": 'a"b'}}]}, "realm"),
+    ({"consumers": [{"username": "evil\r\nX-Consumer-ID: admin"}]}, "consumers[0].username"),
+    ({"consumers": [{"username": "u", "acls": [{"group": "g\x00"}]}]},
+     "consumers[0].acls[0].group"),
+])
+def test_configuration_with_header_breaking_values_does_not_start(tmp_path, upstream,
+                                                                   config, where):
+    text = declarative(services=[{"name": "svc", "url": upstream.url, "routes": [
+        {"name": "r", "paths": ["/r"]}]}], **config)
+    gateway = Gateway(text, tmp_path)
+    with pytest.raises(GatewayStartError) as info:
+        gateway.start()  # stopped by start() when it fails
+    message = str(info.value)
+    assert "gateway.yml:" in message  # the error names the file and line
+    assert where in message and ("printable ASCII" in message
+                                 or "must not contain control characters" in message), message

@@ -3,7 +3,7 @@
 Tokens are signed with PyJWT using RSA, EC P-256 and Ed25519 keys served by the identity
 server the module starts. GUARANTEES.md §13: ``alg: none``, RS256→HS256 key confusion, an
 embedded ``jwk``, a ``jku`` pointing at an attacker's JWKS, expired / not yet valid / wrong
-issuer / wrong audience tokens, an unknown ``crit``, a ``use: enc`` key, and keys rotated
+issuer / wrong audience tokens (for Kong's jwt also with ``claims_to_verify`` unset), an unknown ``crit``, a ``use: enc`` key, and keys rotated
 while the gateway runs (the new kid is fetched; refetches are rate-limited: counted).
 """
 
@@ -190,6 +190,23 @@ def test_kong_maximum_expiration(gw, http):
                    401, "token expired")
     assert_refused(get(http, gw, "/kong-max", hs256({"iss": "hs-issuer"})), 401,
                    "exp must be a number")
+
+
+def test_kong_expired_or_early_token_is_refused_with_the_default_config(gw, http, upstream):
+    """GUARANTEES.md §13: with claims_to_verify unset (Kong would accept these), a passed
+    exp or a future nbf is refused."""
+    invalid = 'Bearer error="invalid_token"'
+    assert_refused(get(http, gw, "/kong", hs256({"iss": "hs-issuer", "exp": 1000})), 401,
+                   "token expired", invalid)
+    assert_refused(get(http, gw, "/kong", hs256({"iss": "hs-issuer",
+                                                 "exp": time.time() - 1})),
+                   401, "token expired", invalid)
+    assert_refused(get(http, gw, "/kong", hs256({"iss": "hs-issuer",
+                                                 "nbf": time.time() + 300})),
+                   401, "token not valid yet", invalid)
+    assert upstream.requests == []
+    fresh = hs256({"iss": "hs-issuer", "exp": time.time() + 60, "nbf": time.time() - 1})
+    assert get(http, gw, "/kong", fresh).status_code == 200
 
 
 def test_kong_key_claim_name_uri_param_and_cookie(gw, http, upstream):

@@ -164,7 +164,22 @@ def test_one_gib_download_and_upload_keep_worker_rss_under_100_mib(gateway_facto
     assert sampler.peak < 100 * MIB, f"worker peak RSS {sampler.peak / MIB:.1f} MiB"
 
 
+KEY0 = {"apikey": "key-0-0123456789abcdef"}  # configs[0]'s consumer (an even reload count)
+
+
+def _eventually_ok(http, url: str, headers: dict[str, str]) -> bool:
+    """The master counts a reload when it sends it; the worker swaps a moment later."""
+    deadline = time.monotonic() + 10
+    while http.get(url, headers=headers).status_code != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_thousand_reloads_keep_worker_rss_flat(gateway_factory, upstream, http):
+    # each configuration has plugins, consumers and credentials: their instances and
+    # indexes must go with the snapshot too (Kong #6547 is about exactly this growth)
     configs = []
     for i in range(2):
         routes = "\n".join(
@@ -183,6 +198,19 @@ services:
 {routes}
   - name: probe{i}
     paths: ["/probe"]
+  plugins:
+  - name: key-auth
+  - name: acl
+    config: {{allow: [g{i}]}}
+consumers:
+- username: c{i}
+  keyauth_credentials: [{{key: key-{i}-0123456789abcdef}}]
+  acls: [{{group: g{i}}}]
+plugins:
+- name: correlation-id
+- name: cors
+- name: ip-restriction
+  config: {{allow: ["127.0.0.0/8"]}}
 """)
     gw = gateway_factory(configs[0], env={"GUICHET_CONFIG_WATCH_INTERVAL": "0"})
     (pid,) = gw.status()["worker_pids"]
@@ -196,14 +224,15 @@ services:
             assert time.monotonic() < deadline, "reload did not happen"
             time.sleep(0.002)
 
+    assert http.get(gw.url + "/probe/echo").status_code == 401  # key-auth is there
     for n in range(1, 101):  # warm up: allocator arenas, caches, code paths
         reload_to(n, n)
-    assert http.get(gw.url + "/probe/echo").status_code == 200
+    assert _eventually_ok(http, gw.url + "/probe/echo", KEY0)
     time.sleep(1.5)  # the sweeper releases retired snapshots
     baseline = _rss(pid)
     for n in range(101, 1001):
         reload_to(n, n)
-    assert http.get(gw.url + "/probe/echo").status_code == 200
+    assert _eventually_ok(http, gw.url + "/probe/echo", KEY0)
     time.sleep(1.5)
     after = _rss(pid)
     print(f"worker RSS after 100 reloads {baseline / MIB:.1f} MiB, after 1000 {after / MIB:.1f} MiB")

@@ -121,8 +121,10 @@ def test_consumer_scoped_plugins_apply_after_authentication(chain_gateway, upstr
 def test_forged_identity_headers_never_reach_the_upstream(chain_gateway, upstream, http):
     http.get(chain_gateway.url + "/authed", headers={
         "X-Test-User": "bob", "X-Consumer-ID": "forged", "X-Consumer-Custom-ID": "forged",
-        "X-Anonymous-Consumer": "true", "X-Authenticated-Userid": "forged"})
+        "X-Anonymous-Consumer": "true", "X-Authenticated-Userid": "forged",
+        "X_Consumer_Custom_ID": "forged", "x_credential_identifier": "forged"})
     seen = upstream.requests[-1]
+    assert not [n for n in seen.header_names() if "_" in n and "consumer" in n or "credential_" in n]
     assert len(seen.header_values("x-consumer-id")) == 1
     assert seen.header("x-consumer-id") != "forged"
     assert seen.header("x-consumer-custom-id") is None
@@ -239,6 +241,18 @@ def test_read_body_over_the_limit_is_413(chain_gateway, upstream, http):
     assert len(upstream.requests) == before
 
 
+def test_client_gone_while_a_plugin_waits_for_the_body_leaves_nothing_pending(chain_gateway, http):
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", chain_gateway.port), timeout=5) as sock:
+            sock.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n")
+            time.sleep(0.02)
+    assert http.get(chain_gateway.url + "/plain").status_code == 200
+    time.sleep(0.3)
+    err = chain_gateway.stderr_text()
+    assert "Task was destroyed" not in err and "never retrieved" not in err
+
+
 def test_expect_continue_is_answered_only_when_the_body_is_wanted(chain_gateway, upstream):
     with socket.create_connection(("127.0.0.1", chain_gateway.port), timeout=5) as sock:
         sock.sendall(b"POST /authed HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
@@ -313,3 +327,21 @@ def _base_env() -> dict[str, str]:
 def test_echo_of_upstream_json_is_unchanged_without_body_plugins(chain_gateway, http):
     r = http.get(chain_gateway.url + "/other/echo")
     assert json.loads(r.content)["path"] == "/echo"
+
+
+def test_non_latin1_username_goes_upstream_as_utf8(gateway_factory, upstream, http):
+    from guichet.config.loader import load_config_text
+    from guichet.plugins.registry import Registry
+
+    config = declarative(
+        services=[{"name": "s", "url": upstream.url, "routes": [
+            {"name": "authed", "paths": ["/authed"], "plugins": [{"name": "test-auth"}]}]}],
+        consumers=[{"username": "李雷", "custom_id": "é-1"}])
+    registry = Registry(["bundled", "support.test_plugins:TestAuth"])
+    consumer_id = load_config_text(config, plugin_schemas=registry.schemas()).consumers[0].id
+    gw = gateway_factory(config, env=plugin_env("TestAuth"))
+    r = http.get(gw.url + "/authed", headers={"X-Test-User": consumer_id})
+    assert r.status_code == 200
+    seen = upstream.requests[-1]
+    assert seen.header_values("x-consumer-username") == ["李雷".encode().decode("latin-1")]
+    assert seen.header("x-consumer-custom-id") == "é-1".encode().decode("latin-1")

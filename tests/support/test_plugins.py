@@ -51,6 +51,7 @@ class TestAuth(Plugin):
     name = "test-auth"
     priority = 4500
     no_consumer = True
+    __test__ = False  # a plugin, not a pytest test class
 
     def access(self, req: Request) -> Response | None:
         user = req.header("x-test-user")

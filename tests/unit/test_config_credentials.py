@@ -284,6 +284,54 @@ def test_field_rules(snippet, expected):
     assert found[0].startswith("kong.yml:4:"), found
 
 
+# -- values sent to the upstream in identity headers ---------------------------------------
+
+CONTROL = "must not contain control characters"
+
+
+@pytest.mark.parametrize("snippet, where, shown", [
+    ('username: "evil\\r\\nX-Consumer-ID: admin"', "consumers[0].username", "CR"),
+    ('username: u\n  custom_id: "a\\nb"', "consumers[0].custom_id", "LF"),
+    ('username: "nul\\0x"', "consumers[0].username", "NUL"),
+    ('username: "tab\\there"', "consumers[0].username", "TAB"),
+    ('username: "del\\x7f"', "consumers[0].username", "DEL"),
+    ('username: u\n  acls: [{group: "admins\\r\\n"}]', "consumers[0].acls[0].group", "CR"),
+    ('username: u\n  basicauth_credentials: [{username: "b\\x1b", password: p}]',
+     "consumers[0].basicauth_credentials[0].username", "U+001B"),
+    ('username: u\n  hmacauth_credentials: [{username: "h\\x01"}]',
+     "consumers[0].hmacauth_credentials[0].username", "U+0001"),
+    ('username: u\n  jwt_secrets: [{key: "iss\\n"}]', "consumers[0].jwt_secrets[0].key", "LF"),
+])
+def test_identity_values_refuse_control_characters(snippet, where, shown):
+    found = issues(HEAD + "consumers:\n- " + snippet + "\n")
+    assert len(found) == 1, found
+    line, message = found[0].split(": ", 1)
+    assert line.startswith("kong.yml:") and line.split(":")[1] in ("3", "4"), found
+    assert message == f"{where}: {CONTROL} (found {shown}): it is sent to the upstream " \
+                      "in a header"
+
+
+def test_identity_values_beyond_latin1_are_accepted():
+    config = load(HEAD + "consumers:\n- username: 李雷\n  custom_id: 客户-1\n"
+                  "  acls: [{group: 管理员}]\n"
+                  "  basicauth_credentials: [{username: 韩梅梅, password: p}]\n"
+                  "  hmacauth_credentials: [{username: 李, secret: s}]\n"
+                  "  jwt_secrets: [{key: 發行者, secret: s}]\n")
+    consumer, = config.consumers
+    assert (consumer.username, consumer.custom_id) == ("李雷", "客户-1")
+    assert config.acls[0].group == "管理员"
+    assert config.basicauth_credentials[0].username == "韩梅梅"
+    assert config.hmacauth_credentials[0].username == "李"
+    assert config.jwt_secrets[0].key == "發行者"
+
+
+def test_a_repeated_value_with_controls_is_shown_escaped():
+    found = issues(HEAD + 'consumers:\n- username: a\n  jwt_secrets: [{key: "k\\x1b"}]\n'
+                   '- username: b\n  jwt_secrets: [{key: "k\\x1b"}]\n')
+    assert any("key set to 'k\\x1b' already declared" in f for f in found), found
+    assert not any("\x1b" in f for f in found)
+
+
 # -- uniqueness ---------------------------------------------------------------------------
 
 def test_key_auth_keys_are_unique_across_consumers_and_never_shown():

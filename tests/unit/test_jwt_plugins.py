@@ -14,25 +14,24 @@ import base64
 import hashlib
 import hmac
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
-from guichet.config.model import Config, Consumer, JwtSecret
+from guichet.config.model import Consumer, JwtSecret
 from guichet.plugins.bundled import jose
 from guichet.plugins.bundled.jwt_auth import JwtAuth
 from guichet.plugins.bundled.jwt_jwks import JwtJwks
-from guichet.plugins.consumers import ConsumerDirectory
 from guichet.plugins.env import BuildEnv
-from guichet.plugins.request import Request
 from guichet.plugins.stores import Stores
 from support.jwks import (IdentityServer, ec_key, ed25519_key, forge_hs256, rsa_key,
                           unsigned)
+from support.plugin_requests import bearer, make_env, request, upstream_header
+from support.plugin_requests import resolve  # noqa: F401 - the fixture, one event loop per module
 
-NOW = time.time()
+NOW = time.time()  # for the pure rules, which take "now" as an argument
 RSA = rsa_key("rsa-1")
 RSA_OTHER = rsa_key("rsa-2")
 EC = ec_key("ec-1")
@@ -42,55 +41,8 @@ ALICE = Consumer(id="c-alice", username="alice", custom_id="A1")
 BOB = Consumer(id="c-bob", username="bob")
 
 
-# ---------------------------------------------------------------------------- harness
-class FakeExchange:
-    """What :class:`Request` reads of the proxy's exchange."""
-
-    _lazy_headers = None  # Request reads it before scanning the headers
-
-    def __init__(self, method: str = "GET", path: str = "/", query: str = "",
-                 headers: list[tuple[str, str]] = ()) -> None:
-        self.method = method.encode()
-        self.path = self.raw_path = path
-        self.query = query
-        self.headers = [(n.lower().encode(), n.encode(), v.encode()) for n, v in headers]
-        self.client = SimpleNamespace(rt=SimpleNamespace(now=0.0))
-
-    def lazy_headers(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for lname, _, value in self.headers:
-            key = lname.decode()
-            out[key] = f"{out[key]}, {value.decode()}" if key in out else value.decode()
-        return out
-
-    def rid(self) -> str:
-        return "rid-1"
-
-
-def request(method: str = "GET", query: str = "", **headers: str) -> Request:
-    pairs = [(name.replace("_", "-"), value) for name, value in headers.items()]
-    return Request(FakeExchange(method, "/api", query, pairs))
-
-
-def bearer(token: str) -> Request:
-    return request(authorization=f"Bearer {token}")
-
-
-def upstream_header(req: Request, name: str) -> str | None:
-    values = (req.edits or {}).get(name.lower())
-    return values[-1][1] if values else None
-
-
 def environment(consumers=(ALICE, BOB), secrets=(), stores: Stores | None = None) -> BuildEnv:
-    directory = ConsumerDirectory(Config(consumers=tuple(consumers), jwt_secrets=tuple(secrets)))
-    return BuildEnv(directory, None, stores or Stores())
-
-
-@pytest.fixture(scope="module")
-def run():
-    """Resolve a hook's result: run it in the module's event loop when it is a coroutine."""
-    with asyncio.Runner() as runner:
-        yield lambda result: runner.run(result) if asyncio.iscoroutine(result) else result
+    return make_env(consumers, stores, jwt_secrets=tuple(secrets))
 
 
 def claims(**extra: Any) -> dict[str, Any]:
@@ -331,18 +283,48 @@ def test_jwt_token_sources():
 
 
 def test_jwt_claims_to_verify_and_maximum_expiration():
+    now = time.time()  # the plugin reads the clock: not the module's import-time NOW
     plugin = jwt_plugin(claims_to_verify=["exp", "nbf"])
-    assert plugin.access(bearer(hs({"iss": "hs-key", "exp": NOW + 60, "nbf": NOW - 1}))) is None
-    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": NOW - 1, "nbf": NOW})))[1] == \
+    assert plugin.access(bearer(hs({"iss": "hs-key", "exp": now + 60, "nbf": now - 1}))) is None
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": now - 1, "nbf": now})))[1] == \
         "token expired"
-    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": NOW + 60, "nbf": NOW + 60})))[1] \
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": now + 60, "nbf": now + 60})))[1] \
         == "token not valid yet"
     assert refusal(plugin, bearer(hs({"iss": "hs-key"})))[1] == \
         "exp must be a number; nbf must be a number"
     capped = jwt_plugin(claims_to_verify=["exp"], maximum_expiration=100)
-    assert capped.access(bearer(hs({"iss": "hs-key", "exp": NOW + 90}))) is None
-    assert refusal(capped, bearer(hs({"iss": "hs-key", "exp": NOW + 500})))[1] == \
+    assert capped.access(bearer(hs({"iss": "hs-key", "exp": now + 90}))) is None
+    assert refusal(capped, bearer(hs({"iss": "hs-key", "exp": now + 500})))[1] == \
         "exp exceeds maximum allowed expiration"
+
+
+def test_jwt_always_refuses_a_passed_exp_or_a_future_nbf():
+    """GUARANTEES.md §13: a token's exp and nbf are checked whether or not
+    claims_to_verify lists them (Kong checks only the listed ones); the list keeps its
+    meaning of requiring the claim."""
+    plugin = jwt_plugin()  # claims_to_verify unset
+    now = time.time()
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": 1000}))) == \
+        (401, "token expired", 'Bearer error="invalid_token"')
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": now - 1})))[1] == "token expired"
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "nbf": now + 60})))[1] == \
+        "token not valid yet"
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": "2999-01-01"})))[1] == \
+        "exp must be a number"
+    assert refusal(plugin, bearer(hs({"iss": "hs-key", "exp": now - 1, "nbf": now + 60})))[1] \
+        == "token expired; token not valid yet"
+    assert plugin.access(bearer(hs({"iss": "hs-key", "exp": now + 60, "nbf": now - 1}))) is None
+    assert plugin.access(bearer(hs({"iss": "hs-key", "exp": None}))) is None  # null: absent
+    assert plugin.access(bearer(hs({"iss": "hs-key"}))) is None  # absent: not required
+    # listed claims are required; unlisted ones still checked when present
+    only_nbf = jwt_plugin(claims_to_verify=["nbf"])
+    assert refusal(only_nbf, bearer(hs({"iss": "hs-key", "nbf": now - 1, "exp": now - 1})))[1] \
+        == "token expired"
+    assert refusal(only_nbf, bearer(hs({"iss": "hs-key", "exp": now + 60})))[1] == \
+        "nbf must be a number"
+    # an expired token with anonymous: the request goes on as the anonymous consumer
+    req = bearer(hs({"iss": "hs-key", "exp": now - 1}))
+    assert jwt_plugin(anonymous="bob").access(req) is None and req.credential is None
 
 
 def test_jwt_key_claim_name_reads_claims_then_header():
@@ -405,49 +387,49 @@ def idp_claims(idp, **extra: Any) -> dict[str, Any]:
     return {"iss": idp.issuer, "aud": "api", "sub": "alice", "exp": time.time() + 600, **extra}
 
 
-def jwks_refusal(run, plugin, req) -> tuple[int, str]:
-    answer = run(plugin.access(req))
+def jwks_refusal(resolve, plugin, req) -> tuple[int, str]:
+    answer = resolve(plugin.access(req))
     assert answer is not None, "the request was let through"
     return answer.status, answer.message
 
 
 @pytest.mark.parametrize("signer", [RSA.sign, EC.sign, ED.sign,
                                     lambda c: RSA.sign(c, alg="PS256")])
-def test_jwks_accepts_rsa_ec_ed25519(run, fresh_idp, signer):
+def test_jwks_accepts_rsa_ec_ed25519(resolve, fresh_idp, signer):
     plugin = jwks_plugin(fresh_idp)
     req = bearer(signer(idp_claims(fresh_idp)))
-    assert run(plugin.access(req)) is None
+    assert resolve(plugin.access(req)) is None
     assert req.authenticated and req.consumer is None
     assert upstream_header(req, "X-Credential-Identifier") == "alice"
     assert req.ctx["jwt_claims"]["sub"] == "alice"
 
 
-def test_jwks_algorithms_come_from_configuration(run, fresh_idp):
+def test_jwks_algorithms_come_from_configuration(resolve, fresh_idp):
     for algorithms in ([], ["none"], ["HS256"], ["RS256", "nOnE"], ["ES256K"]):
         with pytest.raises(ValidationError):
             jwks_plugin(fresh_idp, algorithms=algorithms)
     only_es = jwks_plugin(fresh_idp, algorithms=["ES256"])
     claims_ = idp_claims(fresh_idp)
-    assert jwks_refusal(run, only_es, bearer(RSA.sign(claims_))) == (401, "Invalid algorithm")
+    assert jwks_refusal(resolve, only_es, bearer(RSA.sign(claims_))) == (401, "Invalid algorithm")
     plugin = jwks_plugin(fresh_idp)
-    assert jwks_refusal(run, plugin, bearer(unsigned(claims_))) == (401, "Bad token; invalid alg")
+    assert jwks_refusal(resolve, plugin, bearer(unsigned(claims_))) == (401, "Bad token; invalid alg")
     confused = forge_hs256(claims_, RSA.public_pem.encode(), kid=RSA.kid)
-    assert jwks_refusal(run, plugin, bearer(confused)) == (401, "Invalid algorithm")
+    assert jwks_refusal(resolve, plugin, bearer(confused)) == (401, "Invalid algorithm")
     # an RS256 header on a key that is EC: the key type decides, not the header
-    assert jwks_refusal(run, plugin, bearer(forge_hs256(claims_, b"x", alg="RS256", kid="ec-1"))) \
+    assert jwks_refusal(resolve, plugin, bearer(forge_hs256(claims_, b"x", alg="RS256", kid="ec-1"))) \
         == (401, "No key found for the token")
 
 
-def test_jwks_header_keys_are_never_used(run, fresh_idp):
+def test_jwks_header_keys_are_never_used(resolve, fresh_idp):
     plugin = jwks_plugin(fresh_idp)
     claims_ = idp_claims(fresh_idp)
     embedded = ATTACKER.sign(claims_, jwk=ATTACKER.public_jwk())
-    assert jwks_refusal(run, plugin, bearer(embedded)) == (401, "No key found for the token")
+    assert jwks_refusal(resolve, plugin, bearer(embedded)) == (401, "No key found for the token")
     as_victim = ATTACKER.sign(claims_, kid=RSA.kid, jwk=ATTACKER.public_jwk(),
                               jku=fresh_idp.attacker_jwks_uri, x5u=fresh_idp.attacker_jwks_uri)
-    assert jwks_refusal(run, plugin, bearer(as_victim)) == (401, "Invalid signature")
+    assert jwks_refusal(resolve, plugin, bearer(as_victim)) == (401, "Invalid signature")
     jku = ATTACKER.sign(claims_, jku=fresh_idp.attacker_jwks_uri)
-    assert jwks_refusal(run, plugin, bearer(jku)) == (401, "No key found for the token")
+    assert jwks_refusal(resolve, plugin, bearer(jku)) == (401, "No key found for the token")
     assert fresh_idp.attacker_fetches == 0
 
 
@@ -459,7 +441,7 @@ def test_jwks_header_keys_are_never_used(run, fresh_idp):
     ({"aud": ["x", "y"]}, "audience not allowed"),
     ({"exp": None}, "missing required claim 'exp'"),
 ])
-def test_jwks_claims(run, fresh_idp, change, message):
+def test_jwks_claims(resolve, fresh_idp, change, message):
     claims_ = idp_claims(fresh_idp)
     for name, value in change.items():
         if value is None:
@@ -468,57 +450,57 @@ def test_jwks_claims(run, fresh_idp, change, message):
             claims_[name] = time.time() + value
         else:
             claims_[name] = value
-    answer = run(jwks_plugin(fresh_idp).access(bearer(RSA.sign(claims_))))
+    answer = resolve(jwks_plugin(fresh_idp).access(bearer(RSA.sign(claims_))))
     assert (answer.status, answer.message) == (401, message)
     assert dict(answer.headers)["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
-def test_jwks_leeway_crit_and_no_token(run, fresh_idp):
+def test_jwks_leeway_crit_and_no_token(resolve, fresh_idp):
     plugin = jwks_plugin(fresh_idp, leeway=30, realm="api")
     late = idp_claims(fresh_idp, exp=time.time() - 10, nbf=time.time() + 10)
-    assert run(plugin.access(bearer(RSA.sign(late)))) is None
+    assert resolve(plugin.access(bearer(RSA.sign(late)))) is None
     crit = RSA.sign(idp_claims(fresh_idp), crit=["urn:x"], **{"urn:x": 1})
-    assert jwks_refusal(run, plugin, bearer(crit)) == (401, "Bad token; unsupported 'crit' header")
-    answer = run(plugin.access(request()))
+    assert jwks_refusal(resolve, plugin, bearer(crit)) == (401, "Bad token; unsupported 'crit' header")
+    answer = resolve(plugin.access(request()))
     assert (answer.status, dict(answer.headers)["WWW-Authenticate"]) == \
         (401, 'Bearer realm="api"')
     with pytest.raises(ValidationError):
         jwks_plugin(fresh_idp, leeway=301)
 
 
-def test_jwks_enc_keys_are_ignored(run, fresh_idp):
+def test_jwks_enc_keys_are_ignored(resolve, fresh_idp):
     enc = rsa_key("enc-1")
     fresh_idp.extra_jwks = [enc.public_jwk() | {"use": "enc"}]
     token = enc.sign(idp_claims(fresh_idp))
-    assert jwks_refusal(run, jwks_plugin(fresh_idp), bearer(token)) == \
+    assert jwks_refusal(resolve, jwks_plugin(fresh_idp), bearer(token)) == \
         (401, "No key found for the token")
 
 
-def test_jwks_rotation_refetches_at_most_once_per_interval(run, fresh_idp):
+def test_jwks_rotation_refetches_at_most_once_per_interval(resolve, fresh_idp):
     stores = Stores()
     plugin = jwks_plugin(fresh_idp, stores, rediscovery_lifetime=0.5)
-    assert run(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
+    assert resolve(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
     assert fresh_idp.jwks_fetches == 1
     new = rsa_key("rsa-new")
     fresh_idp.rotate(new, EC)
     token = new.sign(idp_claims(fresh_idp))
     # the first fetch was under 0.5 s ago: an unknown kid does not refetch yet
-    assert jwks_refusal(run, plugin, bearer(token)) == (401, "No key found for the token")
+    assert jwks_refusal(resolve, plugin, bearer(token)) == (401, "No key found for the token")
     for _ in range(20):
-        run(plugin.access(bearer(ATTACKER.sign(idp_claims(fresh_idp)))))
+        resolve(plugin.access(bearer(ATTACKER.sign(idp_claims(fresh_idp)))))
     assert fresh_idp.jwks_fetches == 1
     time.sleep(0.55)
-    assert run(plugin.access(bearer(token))) is None
+    assert resolve(plugin.access(bearer(token))) is None
     assert fresh_idp.jwks_fetches == 2
     for _ in range(20):  # unknown kids again: at most one fetch per interval
-        run(plugin.access(bearer(ATTACKER.sign(idp_claims(fresh_idp)))))
+        resolve(plugin.access(bearer(ATTACKER.sign(idp_claims(fresh_idp)))))
     assert fresh_idp.jwks_fetches == 2
     # a new snapshot (reload) keeps the worker's keys, and uses them without awaiting
     reloaded = jwks_plugin(fresh_idp, stores, rediscovery_lifetime=0.5)
     assert reloaded.access(bearer(token)) is None and fresh_idp.jwks_fetches == 2
 
 
-def test_jwks_concurrent_requests_share_one_fetch(run, fresh_idp):
+def test_jwks_concurrent_requests_share_one_fetch(resolve, fresh_idp):
     fresh_idp.jwks_delay = 0.2
     plugin = jwks_plugin(fresh_idp)
     tokens = [RSA.sign(idp_claims(fresh_idp, sub=f"u{i}")) for i in range(20)]
@@ -526,83 +508,83 @@ def test_jwks_concurrent_requests_share_one_fetch(run, fresh_idp):
     async def all_at_once():
         return await asyncio.gather(*(plugin.access(bearer(t)) for t in tokens))
 
-    assert run(all_at_once()) == [None] * 20
+    assert resolve(all_at_once()) == [None] * 20
     assert fresh_idp.jwks_fetches == 1
 
 
-def test_jwks_endpoint_down(run, fresh_idp):
+def test_jwks_endpoint_down(resolve, fresh_idp):
     fresh_idp.jwks_status = 500
     plugin = jwks_plugin(fresh_idp, anonymous="bob", rediscovery_lifetime=0.2)
-    answer = run(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp)))))
+    answer = resolve(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp)))))
     assert (answer.status, answer.message) == (503, "Unable to verify the token: signing keys "
                                                     "unavailable")
     assert dict(answer.headers)["Retry-After"] == "1"
     assert fresh_idp.jwks_fetches == 1
-    run(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp)))))
+    resolve(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp)))))
     assert fresh_idp.jwks_fetches == 1  # failures are rate-limited too
     anonymous = request()
-    assert run(plugin.access(anonymous)) is None and anonymous.consumer is BOB  # no token
+    assert resolve(plugin.access(anonymous)) is None and anonymous.consumer is BOB  # no token
     # keys held survive a failing refresh
     fresh_idp.jwks_status = 200
     time.sleep(0.25)
     stale_stores = Stores()
     stale = jwks_plugin(fresh_idp, stale_stores, cache_ttl=0.1, rediscovery_lifetime=0.05)
-    assert run(stale.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
+    assert resolve(stale.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
     fresh_idp.jwks_status = 500
     time.sleep(0.15)
-    assert run(stale.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
+    assert resolve(stale.access(bearer(RSA.sign(idp_claims(fresh_idp))))) is None
     assert stale_stores.get("jwks").get(fresh_idp.jwks_uri).fetches == 2
 
 
-def test_jwks_timeout_is_bounded(run, fresh_idp):
+def test_jwks_timeout_is_bounded(resolve, fresh_idp):
     fresh_idp.jwks_delay = 1.0
     plugin = jwks_plugin(fresh_idp, timeout=200)
     started = time.monotonic()
-    assert run(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp))))).status == 503
+    assert resolve(plugin.access(bearer(RSA.sign(idp_claims(fresh_idp))))).status == 503
     assert time.monotonic() - started < 0.8
 
 
-def test_jwks_discovery(run, fresh_idp):
+def test_jwks_discovery(resolve, fresh_idp):
     plugin = jwks_plugin(fresh_idp, jwks_uri=None)
-    assert run(plugin.access(bearer(EC.sign(idp_claims(fresh_idp))))) is None
+    assert resolve(plugin.access(bearer(EC.sign(idp_claims(fresh_idp))))) is None
     assert (fresh_idp.discovery_fetches, fresh_idp.jwks_fetches) == (1, 1)
     with pytest.raises(ValidationError):
         jwks_plugin(fresh_idp, jwks_uri=None, issuer="not-a-url")
 
 
-def test_jwks_consumer_mapping(run, fresh_idp):
+def test_jwks_consumer_mapping(resolve, fresh_idp):
     plugin = jwks_plugin(fresh_idp, consumer_claim=["preferred_username", "sub"])
     req = bearer(RSA.sign(idp_claims(fresh_idp, sub="A1")))
-    assert run(plugin.access(req)) is None and req.consumer is ALICE  # by custom_id
+    assert resolve(plugin.access(req)) is None and req.consumer is ALICE  # by custom_id
     req = bearer(RSA.sign(idp_claims(fresh_idp, sub="zzz", preferred_username="bob")))
-    assert run(plugin.access(req)) is None and req.consumer is BOB
-    assert jwks_refusal(run, plugin, bearer(RSA.sign(idp_claims(fresh_idp, sub="nobody")))) == \
+    assert resolve(plugin.access(req)) is None and req.consumer is BOB
+    assert jwks_refusal(resolve, plugin, bearer(RSA.sign(idp_claims(fresh_idp, sub="nobody")))) == \
         (403, "Consumer not found for the token")
     by_id = jwks_plugin(fresh_idp, consumer_claim=["sub"], consumer_by=["id"])
     req = bearer(RSA.sign(idp_claims(fresh_idp, sub="c-bob")))
-    assert run(by_id.access(req)) is None and req.consumer is BOB
+    assert resolve(by_id.access(req)) is None and req.consumer is BOB
     optional = jwks_plugin(fresh_idp, consumer_claim=["sub"], consumer_optional=True)
     req = bearer(RSA.sign(idp_claims(fresh_idp, sub="nobody")))
-    assert run(optional.access(req)) is None and req.authenticated and req.consumer is None
+    assert resolve(optional.access(req)) is None and req.authenticated and req.consumer is None
     req = bearer(RSA.sign(idp_claims(fresh_idp, sub="x\r\nX-Evil: 1")))
-    assert run(optional.access(req)) is None
+    assert resolve(optional.access(req)) is None
     assert (req.edits or {}).get("x-credential-identifier") == []  # no identifier sent
 
 
-def test_jwks_token_sources_and_hide_credentials(run, fresh_idp):
+def test_jwks_token_sources_and_hide_credentials(resolve, fresh_idp):
     token = RSA.sign(idp_claims(fresh_idp))
     plugin = jwks_plugin(fresh_idp, bearer_token_param_type=["query", "cookie"],
                          bearer_token_cookie_name="at", hide_credentials=True)
     req = request(query=f"a=1&access_token={token}")
-    assert run(plugin.access(req)) is None and req.upstream_query == "a=1"
+    assert resolve(plugin.access(req)) is None and req.upstream_query == "a=1"
     req = request(cookie=f"x=1; at={token}; y=2")
-    assert run(plugin.access(req)) is None and upstream_header(req, "Cookie") == "x=1; y=2"
-    assert run(plugin.access(bearer(token))).message == "Unauthorized"
+    assert resolve(plugin.access(req)) is None and upstream_header(req, "Cookie") == "x=1; y=2"
+    assert resolve(plugin.access(bearer(token))).message == "Unauthorized"
     both = request(query=f"access_token={token}", cookie="at=other")
-    assert jwks_refusal(run, plugin, both) == (401, "Multiple tokens provided")
+    assert jwks_refusal(resolve, plugin, both) == (401, "Multiple tokens provided")
     header_plugin = jwks_plugin(fresh_idp, hide_credentials=True)
     req = bearer(token)
-    assert run(header_plugin.access(req)) is None
+    assert resolve(header_plugin.access(req)) is None
     assert (req.edits or {}).get("authorization") == []
     with pytest.raises(ValidationError):
         jwks_plugin(fresh_idp, bearer_token_param_type=["cookie"])

@@ -1,69 +1,29 @@
 """oauth2-introspection driven directly with requests built in memory, against an
 in-process RFC 7662 endpoint (tests/support/jwks.py): credential headers, consumer mapping,
 the result cache (bounded by ``exp``, keyed by a digest), one call for concurrent requests,
-503 within the timeout when the endpoint fails, header safety; and the pure rules.
+503 within the timeout when the endpoint fails, header safety (upstream and toward the
+endpoint, where values are ASCII); and the pure rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from guichet.config.model import Config, Consumer
+from guichet.config.model import Consumer
 from guichet.plugins.bundled.oauth2_introspection import (
     OAuth2Introspection, cache_ttl, header_value, is_active)
-from guichet.plugins.consumers import ConsumerDirectory
-from guichet.plugins.env import BuildEnv
-from guichet.plugins.request import Request
-from guichet.plugins.stores import Stores
 from support.jwks import IdentityServer
+from support.plugin_requests import (bearer, build, make_env, make_request, request,
+                                     upstream_header)
+from support.plugin_requests import resolve  # noqa: F401 - the fixture, one event loop per module
 
 ALICE = Consumer(id="c-alice", username="alice", custom_id="A1")
 BOB = Consumer(id="c-bob", username="bob")
-
-
-class FakeExchange:
-    """What :class:`Request` reads of the proxy's exchange."""
-
-    _lazy_headers = None  # Request reads it before scanning the headers
-
-    def __init__(self, method: str, query: str, headers: list[tuple[str, str]]) -> None:
-        self.method = method.encode()
-        self.path = self.raw_path = "/api"
-        self.query = query
-        self.headers = [(n.lower().encode(), n.encode(), v.encode()) for n, v in headers]
-        self.client = SimpleNamespace(rt=SimpleNamespace(now=0.0))
-
-    def lazy_headers(self) -> dict[str, str]:
-        return {lname.decode(): value.decode() for lname, _, value in self.headers}
-
-    def rid(self) -> str:
-        return "rid-1"
-
-
-def request(method: str = "GET", query: str = "", **headers: str) -> Request:
-    return Request(FakeExchange(method, query, list(headers.items())))
-
-
-def bearer(token: str) -> Request:
-    return request(authorization=f"Bearer {token}")
-
-
-def upstream_header(req: Request, name: str) -> str | None:
-    values = (req.edits or {}).get(name.lower())
-    return values[-1][1] if values else None
-
-
-@pytest.fixture(scope="module")
-def run():
-    """Resolve a hook's result: run it in the module's event loop when it is a coroutine."""
-    with asyncio.Runner() as runner:
-        yield lambda result: runner.run(result) if asyncio.iscoroutine(result) else result
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +43,7 @@ def fresh_idp(idp):
 def introspection_plugin(idp, **config: Any) -> OAuth2Introspection:
     base = {"introspection_url": idp.introspection_url,
             "authorization_value": idp.introspection_authorization}
-    env = BuildEnv(ConsumerDirectory(Config(consumers=(ALICE, BOB))), None, Stores())
-    return OAuth2Introspection(OAuth2Introspection.Config.model_validate(base | config), env)
+    return build(OAuth2Introspection, make_env((ALICE, BOB)), **(base | config))
 
 
 ACTIVE = {"active": True, "scope": "read write", "client_id": "A1", "username": "alice",
@@ -92,14 +51,14 @@ ACTIVE = {"active": True, "scope": "read write", "client_id": "A1", "username": 
           "iss": "https://idp.test", "jti": "j-1", "tenant": "t-9"}
 
 
-def test_introspection_active_token(run, fresh_idp):
+def test_introspection_active_token(resolve, fresh_idp):
     fresh_idp.tokens["opaque-1"] = ACTIVE | {"exp": int(time.time()) + 600, "iat": 1700000000}
     plugin = introspection_plugin(fresh_idp, custom_claims_forward=["tenant"],
                                   token_type_hint="access_token",
                                   custom_introspection_headers={"X-Idp-Tenant": "t"},
                                   introspect_request=True)
     req = bearer("opaque-1")
-    assert run(plugin.access(req)) is None
+    assert resolve(plugin.access(req)) is None
     assert req.consumer is ALICE and req.credential.client_id == "A1"
     expected = {"X-Consumer-Username": "alice", "X-Credential-Identifier": "alice",
                 "X-Credential-Scope": "read write", "X-Credential-Client-ID": "A1",
@@ -116,46 +75,46 @@ def test_introspection_active_token(run, fresh_idp):
     assert call["headers"]["x-request-http-method"] == "GET"
     by_client = introspection_plugin(fresh_idp, consumer_by="client_id")
     req = bearer("opaque-1")
-    assert run(by_client.access(req)) is None and req.consumer is ALICE
+    assert resolve(by_client.access(req)) is None and req.consumer is ALICE
     assert upstream_header(req, "X-Credential-Identifier") == "A1"
 
 
-def test_introspection_refusals(run, fresh_idp):
+def test_introspection_refusals(resolve, fresh_idp):
     fresh_idp.tokens["expired"] = {"active": True, "exp": time.time() - 1}
     fresh_idp.tokens["truthy"] = {"active": "true"}
     plugin = introspection_plugin(fresh_idp)
-    missing = run(plugin.access(request()))
+    missing = resolve(plugin.access(request()))
     assert (missing.status, missing.message) == (401, "The access token is missing")
     assert dict(missing.headers)["WWW-Authenticate"] == "Bearer"
     for token in ("unknown", "expired", "truthy"):
-        answer = run(plugin.access(bearer(token)))
+        answer = resolve(plugin.access(bearer(token)))
         assert (answer.status, answer.message) == \
             (401, "The access token is invalid or has expired"), token
         assert dict(answer.headers)["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
     calls = len(fresh_idp.introspections)
-    assert run(plugin.access(request(authorization="Basic dXNlcjpwdw=="))).status == 401
+    assert resolve(plugin.access(request(authorization="Basic dXNlcjpwdw=="))).status == 401
     assert len(fresh_idp.introspections) == calls  # a Basic credential never leaves
 
 
-def test_introspection_cache_bounded_by_exp(run, fresh_idp):
+def test_introspection_cache_bounded_by_exp(resolve, fresh_idp):
     fresh_idp.tokens["short"] = {"active": True, "username": "bob", "exp": time.time() + 0.4}
     fresh_idp.tokens["long"] = {"active": True, "username": "bob"}
     plugin = introspection_plugin(fresh_idp, ttl=60)
     for _ in range(3):
-        assert run(plugin.access(bearer("short"))) is None
-        assert run(plugin.access(bearer("long"))) is None
+        assert resolve(plugin.access(bearer("short"))) is None
+        assert resolve(plugin.access(bearer("long"))) is None
     assert len(fresh_idp.introspections) == 2
     assert plugin.access(bearer("long")) is None  # a cached result: no await
     time.sleep(0.45)
     fresh_idp.tokens.pop("short")
-    assert run(plugin.access(bearer("short"))).status == 401
-    assert run(plugin.access(bearer("long"))) is None
+    assert resolve(plugin.access(bearer("short"))).status == 401
+    assert resolve(plugin.access(bearer("long"))) is None
     assert len(fresh_idp.introspections) == 3
     keys = list(plugin.store._data)
     assert all("short" not in repr(key) and "long" not in repr(key) for key in keys)
 
 
-def test_introspection_concurrent_requests_share_one_call(run, fresh_idp):
+def test_introspection_concurrent_requests_share_one_call(resolve, fresh_idp):
     fresh_idp.tokens["shared"] = {"active": True}
     fresh_idp.introspection_delay = 0.2
     plugin = introspection_plugin(fresh_idp)
@@ -163,40 +122,70 @@ def test_introspection_concurrent_requests_share_one_call(run, fresh_idp):
     async def all_at_once():
         return await asyncio.gather(*(plugin.access(bearer("shared")) for _ in range(10)))
 
-    assert run(all_at_once()) == [None] * 10
+    assert resolve(all_at_once()) == [None] * 10
     assert len(fresh_idp.introspections) == 1
 
 
-def test_introspection_endpoint_failures(run, fresh_idp):
+def test_introspection_endpoint_failures(resolve, fresh_idp):
     fresh_idp.tokens["t"] = {"active": True}
     plugin = introspection_plugin(fresh_idp, anonymous="bob", timeout=200)
     fresh_idp.introspection_status = 500
-    answer = run(plugin.access(bearer("t")))
+    answer = resolve(plugin.access(bearer("t")))
     assert (answer.status, answer.message) == (503, "The introspection endpoint is unavailable")
     assert dict(answer.headers)["Retry-After"]
     fresh_idp.introspection_status, fresh_idp.introspection_delay = 200, 1.0
     started = time.monotonic()
-    assert run(plugin.access(bearer("t"))).status == 503
+    assert resolve(plugin.access(bearer("t"))).status == 503
     assert time.monotonic() - started < 0.8
     wrong_client = introspection_plugin(fresh_idp, authorization_value="Basic bm9wZQ==")
     fresh_idp.introspection_delay = 0.0
-    assert run(wrong_client.access(bearer("t"))).status == 503
-    assert run(plugin.access(bearer("t"))) is None  # failures were not cached
+    assert resolve(wrong_client.access(bearer("t"))).status == 503
+    assert resolve(plugin.access(bearer("t"))) is None  # failures were not cached
 
 
-def test_introspection_hide_credentials_anonymous_and_header_safety(run, fresh_idp):
+def test_introspection_hide_credentials_anonymous_and_header_safety(resolve, fresh_idp):
     fresh_idp.tokens["t"] = {"active": True, "username": "nobody", "scope": "a\r\nX-Evil: 1"}
     plugin = introspection_plugin(fresh_idp, hide_credentials=True, anonymous="bob")
     req = bearer("t")
-    assert run(plugin.access(req)) is None
+    assert resolve(plugin.access(req)) is None
     assert req.consumer is None and req.authenticated
     assert (req.edits or {}).get("authorization") == []
     assert upstream_header(req, "X-Credential-Scope") is None
     req = request(query="x=1&access_token=t")
-    assert run(plugin.access(req)) is None and req.upstream_query == "x=1"
+    assert resolve(plugin.access(req)) is None and req.upstream_query == "x=1"
     req = bearer("inactive")
-    assert run(plugin.access(req)) is None and req.consumer is BOB
+    assert resolve(plugin.access(req)) is None and req.consumer is BOB
     assert upstream_header(req, "X-Anonymous-Consumer") == "true"
+
+
+def test_introspection_request_path_with_bytes_beyond_ascii(resolve, fresh_idp):
+    """X-Request-Path carries the path's bytes as the client sent them (httpx would refuse
+    a str beyond ASCII)."""
+    fresh_idp.tokens["t"] = {"active": True, "username": "alice"}
+    plugin = introspection_plugin(fresh_idp, introspect_request=True)
+    sent = "/café/李".encode("utf-8").decode("latin-1")  # what the request holds
+    req = make_request(sent, [("Authorization", "Bearer t")])
+    assert resolve(plugin.access(req)) is None and req.consumer is ALICE
+    assert fresh_idp.introspections[-1]["headers"]["x-request-path"] == sent
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"authorization_value": "Basic caf\u00e9"}, "authorization_value"),
+    ({"authorization_value": "Basic a\r\nX-Evil: 1"}, "authorization_value"),
+    ({"authorization_value": "Basic \u674e"}, "authorization_value"),
+    ({"custom_introspection_headers": {"X-T": "caf\u00e9"}}, "custom_introspection_headers"),
+    ({"custom_introspection_headers": {"X-T": "a\x00"}}, "custom_introspection_headers"),
+    ({"introspection_url": "http://idp.test/i\x00"}, "introspection_url"),
+    ({"introspection_url": "http://idp.test/i\x7f"}, "introspection_url"),
+])
+def test_introspection_outbound_header_values_are_ascii(config, field):
+    base = {"introspection_url": "http://idp.test/i", "authorization_value": "Basic eDp5"}
+    with pytest.raises(ValidationError) as info:
+        OAuth2Introspection.Config.model_validate(base | config)
+    assert [e["loc"][0] for e in info.value.errors()] == [field]
+    ok = OAuth2Introspection.Config.model_validate(
+        base | {"custom_introspection_headers": {"X-T": "a b\tc ~"}})
+    assert ok.custom_introspection_headers == {"X-T": "a b\tc ~"}
 
 
 def test_introspection_pure_rules():

@@ -40,6 +40,7 @@ credentials written at top level must name their upstream, certificate or consum
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -86,6 +87,7 @@ def link(items: list[Item], report: Reporter) -> None:
 
 # Kinds nothing refers to: their ids may derive from their references (Kong's cache_key),
 # so they wait until every reference is resolved.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNREFERENCED = frozenset(("targets", "plugins", *CREDENTIALS))
 
 
@@ -148,7 +150,7 @@ def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, I
             continue
         seen = uniques.setdefault((item.kind, name), {})
         if value in seen:
-            shown = "the same value" if name in kind.secrets else f"'{value}'"
+            shown = "the same value" if name in kind.secrets else f"'{_printable(value)}'"
             report.add(item.path + (name,), f"uniqueness violation: '{item.kind}' entity "
                        f"with {name} set to {shown} already declared"
                        f"{_first(seen[value], report)}")
@@ -164,6 +166,11 @@ def _index(item: Item, index: _Index, uniques: dict[tuple[str, str], dict[str, I
         report.add(item.path + (("id",) if "id" in item.raw else ()),
                    f"uniqueness violation: '{item.kind}' entity with primary key set to "
                    f"'{item.id}' already declared{_first(index.by_id[item.id], report)}")
+
+
+def _printable(value: str) -> str:
+    """``value`` for a message: control characters written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
 
 
 def _first(item: Item, report: Reporter) -> str:
@@ -226,8 +233,8 @@ def _check_scopes(items: list[Item], report: Reporter) -> None:
             scope = (item.resolved["consumer"], item.raw["group"])
             if scope in groups:
                 report.add(item.path + ("group",), f"uniqueness violation: 'acls' entity "
-                           f"with group set to '{scope[1]}' already declared for this "
-                           f"consumer{_first(groups[scope], report)}")
+                           f"with group set to '{_printable(scope[1])}' already declared "
+                           f"for this consumer{_first(groups[scope], report)}")
             else:
                 groups[scope] = item
         elif item.kind == "plugins":

@@ -7,6 +7,11 @@ Every ``check_*`` function returns its argument unchanged when it is valid and r
 * names (services, routes, plugin instances): ASCII letters, digits, ``. - _ ~`` and any
   non-ASCII character; upstream names: a hostname (no IP, no port).
 * tags: printable characters except ``,`` and ``/``.
+* identity values (consumer ``username`` and ``custom_id``, basic-auth and hmac-auth
+  usernames, ACL groups, JWT keys): no control character (C0, DEL), since each is sent to
+  the upstream in a header (X-Consumer-Username, X-Consumer-Custom-ID, X-Consumer-Groups,
+  X-Credential-Identifier); any other character, Chinese included, is accepted. Not a
+  Kong rule: Kong accepts them and would write them into the upstream request.
 * hosts: ``hostname_type`` decides ipv4 / ipv6 / name exactly as Kong does; names are
   ASCII letters, digits, ``- . _`` with no label ending in ``-`` and no empty label except a
   trailing one; ports are 0..65535; IPv6 may be bracketed and only then carry a port.
@@ -29,6 +34,8 @@ from guichet.config.pcre import compile_pcre
 
 _NAME = re.compile(r"[A-Za-z0-9.\-_~\u0080-\U0010ffff]+")
 _TAG_FORBIDDEN = re.compile(r"[\x00-\x1f,/\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_NAMES = {"\r": "CR", "\n": "LF", "\t": "TAB", "\x00": "NUL", "\x7f": "DEL"}
 _HOST_LABELS = re.compile(r"[A-Za-z0-9\-._]+")
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?::(\d+))?")
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
@@ -110,6 +117,17 @@ def check_tag(tag: str) -> str:
         raise ValueError(f"invalid tag '{tag}': expected printable ascii (except `,` and `/`) "
                          "or valid utf-8 sequences")
     return tag
+
+
+def check_header_text(value: str) -> str:
+    """A value the gateway sends to the upstream in an identity header."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        char = found.group()
+        shown = _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
+        raise ValueError(f"must not contain control characters (found {shown}): it is sent "
+                         "to the upstream in a header")
+    return value
 
 
 def check_uuid(value: str) -> str:

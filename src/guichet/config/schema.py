@@ -14,7 +14,10 @@ Consumers' credentials (``keyauth_credentials``, ``basicauth_credentials``,
 level, implied when nested in a consumer); values Kong generates when absent (a key-auth
 key, a JWT key and secret, an HMAC secret) are absent here and drawn by
 ``guichet.config.build``; a ``ttl`` (key-auth only) is Kong's absolute expiry time in Unix
-seconds, as Kong's own declarative export writes it.
+seconds, as Kong's own declarative export writes it. Values the gateway sends to the
+upstream in identity headers (consumer ``username`` and ``custom_id``, basic-auth and
+hmac-auth ``username``, ACL ``group``, JWT ``key``) hold no control character
+(``rules.check_header_text``).
 
 Kong features guichet does not implement are refused by name, never ignored:
 ``UNSUPPORTED_FIELDS`` (accepted only with Kong's default value or null),
@@ -85,6 +88,7 @@ Str = Annotated[str, StringConstraints(min_length=1)]
 Uuid = Annotated[str, _rule(rules.check_uuid)]
 Name = Annotated[Str, _rule(rules.check_utf8_name)]
 Tag = Annotated[Str, _rule(rules.check_tag)]
+HeaderText = Annotated[Str, _rule(rules.check_header_text)]  # sent upstream in a header
 Tags = list[Tag]
 Port = Annotated[int, _between(0, 65535)]
 Timeout = Annotated[int, _between(1, 2**31 - 2)]
@@ -234,8 +238,8 @@ class SniEntity(Entity):
 
 
 class Consumer(Entity):
-    username: Str | None = None
-    custom_id: Str | None = None
+    username: HeaderText | None = None  # X-Consumer-Username
+    custom_id: HeaderText | None = None  # X-Consumer-Custom-ID
 
 
 class KeyAuthCredential(Entity):
@@ -244,7 +248,7 @@ class KeyAuthCredential(Entity):
 
 
 class BasicAuthCredential(Entity):
-    username: Str
+    username: HeaderText  # X-Credential-Identifier
     password: Str  # plaintext, or a bcrypt/argon2 hash when ``_transform: false``
 
 
@@ -253,19 +257,19 @@ JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256",
 
 
 class JwtSecret(Entity):
-    key: Str | None = None  # Kong's ``auto``
+    key: HeaderText | None = None  # Kong's ``auto``; X-Credential-Identifier
     secret: Str | None = None  # Kong's ``auto``; drawn for HS* algorithms when absent
     rsa_public_key: Str | None = None  # PEM; required for RS*, ES*, PS* and EdDSA
     algorithm: Annotated[Str, _one_of(JWT_ALGORITHMS)] = "HS256"
 
 
 class HmacAuthCredential(Entity):
-    username: Str
+    username: HeaderText  # X-Credential-Identifier
     secret: Str | None = None  # Kong's ``auto``
 
 
 class Acl(Entity):
-    group: Str
+    group: HeaderText  # X-Consumer-Groups
 
 
 class Plugin(Entity):

@@ -58,6 +58,24 @@ class Request:
         self._ex = ex
         self.ctx: dict[str, Any] = {}
 
+    def abandon(self) -> None:
+        """The client went away: a plugin waiting for the body stops waiting (its task
+        is cancelled rather than left pending forever)."""
+        waiter = self._body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    def limit_body(self, max_bytes: int) -> None:
+        """Refuse the request with 413 as soon as more than ``max_bytes`` of body arrive,
+        while it streams (nothing is held). A Content-Length over it is refused at once."""
+        ex = self._ex
+        if ex.content_length is not None and ex.content_length > max_bytes:
+            raise PayloadTooLarge()
+        if not ex.body_limit or max_bytes < ex.body_limit:
+            ex.body_limit = max_bytes
+        if ex.body_received > max_bytes:
+            raise PayloadTooLarge()
+
     def release(self) -> None:
         """The exchange is over: drop the link back to it (the two would otherwise form a
         reference cycle, left to the cyclic garbage collector)."""
@@ -339,8 +357,11 @@ def _identity(consumer: "Consumer | None", identifier: str | None,
             ("X-Consumer-Username", key[1]), ("X-Credential-Identifier", identifier),
             ("X-Anonymous-Consumer", "true" if anonymous else None),
         ):
-            lname = check_header(header, value or "")
-            edits[lname] = [f"{header}: {value}\r\n".encode("latin-1")] if value is not None else []
+            lname = check_header(header, "")
+            if value is not None and any(c in value for c in "\r\n\0"):
+                raise ValueError(f"{header} would carry a line break: {value!r}")
+            # Names beyond Latin-1 (a Chinese username) go as UTF-8 bytes, as Kong sends them.
+            edits[lname] = [f"{header}: {value}\r\n".encode("utf-8")] if value is not None else []
         block = b"".join(line for lines in edits.values() for line in lines)
         found = (block, _IDENTITY_NAMES, edits)
         if len(_IDENTITY_CACHE) >= 4096:

@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -34,13 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("guichet.plugins")
 
 REWRITE, ACCESS = 0, 1
+_PENDING: set["asyncio.Task[None]"] = set()
 
 
 def start(ex: "Exchange", chain: Chain) -> None:
     """Run the request phases of ``chain`` for ``ex`` (routed, head complete)."""
     ex.chain = chain
     ex.req = Request(ex)
-    _run(ex, REWRITE, 0)
+    _run(ex, ACCESS if not chain.rewrite else REWRITE, 0)
 
 
 def _run(ex: "Exchange", phase: int, index: int) -> None:
@@ -60,7 +62,9 @@ def _run(ex: "Exchange", phase: int, index: int) -> None:
                 if isinstance(result, Response):
                     answer(ex, result)
                 else:
-                    ex.client.rt.loop.create_task(_resume(ex, phase, index, hook, result))
+                    task = ex.client.rt.loop.create_task(_resume(ex, phase, index, hook, result))
+                    _PENDING.add(task)  # held until done: a task nobody holds may vanish
+                    task.add_done_callback(_PENDING.discard)
                 return
             if req.consumer is not consumer and phase == ACCESS:
                 index = _switch_chain(ex, hook, index)
@@ -99,16 +103,17 @@ async def _resume(ex: "Exchange", phase: int, index: int, hook: Callable[..., An
         return
     if ex.state == DONE or ex.client.closed:
         return
-    if isinstance(result, Response):
-        answer(ex, result)
-        return
     try:
+        if isinstance(result, Response):
+            answer(ex, result)
+            return
         if ex.req.consumer is not consumer and phase == ACCESS:
             index = _switch_chain(ex, hook, index)
         _run(ex, phase, index)
     except Exception:  # noqa: BLE001 - never lose a request to a fault of ours
         log.exception("internal error while running plugins")
-        ex.client.respond_error(ex, 500, "An unexpected error occurred", close=True)
+        if ex.state != DONE and not ex.client.closed:
+            ex.client.respond_error(ex, 500, "An unexpected error occurred", close=True)
 
 
 def _upstream_request(ex: "Exchange") -> None:

@@ -111,6 +111,7 @@ class Exchange:
     resp_head: ResponseHead | None = None
     logged = False
     holding_body = False  # a plugin waits for the whole body (Request.read_body)
+    body_limit = 0  # a plugin's limit on the body (Request.limit_body); 0: none
 
     def __init__(self, client: "ClientProtocol") -> None:
         self.client = client
@@ -122,6 +123,10 @@ class Exchange:
         limit = self.client.rt.settings.client_max_body_size
         if limit and self.body_received > limit:
             self.client.fail(PayloadTooLarge.status, PayloadTooLarge.message, self)
+            return
+        if self.body_limit and self.body_received > self.body_limit:
+            # a plugin's limit (request-size-limiting): Kong's message for it
+            self.client.fail(413, "Request size limit exceeded", self)
             return
         if self.replayable:
             if self.replay_size + len(data) <= REPLAY_LIMIT:

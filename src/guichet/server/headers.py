@@ -11,7 +11,9 @@ Rules, in the order they are applied:
 * Framing fields (Content-Length, Transfer-Encoding) are never copied: the gateway writes
   its own (§4).
 * Identity fields a client could forge are dropped before the gateway sets its own:
-  X-Consumer-*, X-Credential-*, X-Anonymous-*, X-Authenticated-* (§8).
+  X-Consumer-*, X-Credential-*, X-Anonymous-*, X-Authenticated-* (§8), and so are their
+  look-alikes with underscores (``X_Consumer_ID``), which CGI-style servers read as the
+  same variable; likewise ``X_Forwarded_*`` and ``X_Real_IP``.
 * X-Forwarded-For gets the peer address appended; X-Real-IP, X-Forwarded-Proto, -Host,
   -Port, -Path and -Prefix are overwritten with what the gateway saw unless the peer is a
   trusted address, in which case the client's values are kept (Kong's ``trusted_ips``).
@@ -175,6 +177,16 @@ class TrustedNetworks:
                 self._cache.clear()
             self._cache[ip] = hit
         return hit
+
+
+def underscore_lookalike(lname: bytes) -> bool:
+    """Whether a field name with underscores reads, once ``_`` is taken for ``-`` (as
+    CGI, WSGI, PHP and Rack do when they make variables of headers), as an identity or
+    forwarding field the gateway controls: ``X_Consumer_ID``, ``x_forwarded_for``. Such
+    fields are dropped toward the upstream like the originals (nginx, and so Kong, drops
+    every field with an underscore by default)."""
+    dashed = lname.replace(b"_", b"-")
+    return dashed.startswith(IDENTITY_PREFIXES) or dashed in FORWARDED or dashed == b"host"
 
 
 def header_pairs(block: bytes) -> list[tuple[str, str]]:

@@ -123,6 +123,7 @@ class ClientProtocol(asyncio.Protocol):
             ex.state = DONE
             ex.drop_upstream()
             if ex.req is not None:
+                ex.req.abandon()  # a plugin waiting for the body stops waiting
                 runner.run_log(ex)
                 ex.req.release()
 
@@ -358,14 +359,15 @@ class ClientProtocol(asyncio.Protocol):
         chains = snap.chains
         if chains.active:
             chain = chains.chain(match.route, self.scheme)
-            if chain:
+            if chain.plugins:
                 runner.start(ex, chain)
                 return
         self.proceed(ex)
 
     def proceed(self, ex: Exchange) -> None:
         """The request may go: on to the balancer and the upstream."""
-        self._send_continue(ex)
+        if ex.expect_continue:
+            self._send_continue(ex)
         ex.state = QUEUED
         ex.start_upstream()
 
@@ -402,7 +404,8 @@ class ClientProtocol(asyncio.Protocol):
         req = ex.req
         edits = identity = None
         if req is not None:
-            target, host, edits = _plugin_edits(req, target, host)
+            if req.lines or req.upstream_path is not None or req.upstream_query is not None:
+                target, host, edits = _plugin_edits(req, target, host)
             identity = req.identity
             if identity is not None and edits and not identity[1].isdisjoint(edits):
                 # a plugin set an identity header itself after authentication: merge
@@ -426,6 +429,8 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             if lname in named or lname.startswith(H.IDENTITY_PREFIXES):
                 continue
+            if b"_" in lname and H.underscore_lookalike(lname):
+                continue  # X_Consumer_ID: the same variable as X-Consumer-ID to CGI/WSGI
             if edits is not None and lname in edits:
                 continue
             parts.append(name + b": " + value + b"\r\n")
@@ -565,7 +570,7 @@ class ClientProtocol(asyncio.Protocol):
         if ex.req is not None:
             if ex.chain.log:
                 runner.run_log(ex)
-            ex.req.release()  # breaks the request <-> exchange cycle: freed at once, no GC
+            ex.req = None  # breaks the request <-> exchange cycle: freed at once, no GC
         ex.state = DONE
         if self.active is ex:
             self.active = None

@@ -151,7 +151,7 @@ class CorrelationId(Plugin):
         if not value:
             value = self.generate(req)
             req.set_header(self.header_name, value)
-        req.ctx[CTX_KEY] = value
+        req.ctx[CTX_KEY] = value  # for the plugins after this one (loggers)
         return None
 
     def active_phases(self) -> tuple[str, ...]:

@@ -16,9 +16,12 @@ Rules (Kong 3.x ``kong/plugins/hmac-auth``), checked in this order:
    ``name: value`` (the header's first value; ``name:`` when absent), except that when no
    such header was sent, ``@request-target`` gives ``@request-target: <method lower-case>
    <request-uri>`` and ``request-line`` gives ``<METHOD> <request-uri> HTTP/<version>``.
-   The request-uri is the path and query as the client sent them. Its HMAC under the
-   credential's secret is compared in constant time with the decoded signature; a
-   mismatch: 401 "HMAC signature does not match".
+   The request-uri is the path and query as the client sent them. The HMAC is computed
+   over the bytes the client sent (header values and the target byte for byte, so values
+   with non-ASCII bytes verify), under the credential's secret encoded as UTF-8, and
+   compared in constant time with the decoded signature; a mismatch: 401 "HMAC signature
+   does not match". The ``username`` parameter is read as UTF-8 (as configuration
+   holds usernames).
 5. ``validate_request_body``: the body's ``Digest`` header must be
    ``SHA-256=<base64 of sha256(body)>``; without a Digest header the body must be empty.
    Otherwise 401 "HMAC signature does not match".
@@ -43,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, NamedTuple
 from pydantic import Field
 
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
-from guichet.plugins.bundled.key_auth import DEFAULT_BODY_LIMIT, REALM_PATTERN, AnonymousFallback
+from guichet.plugins.bundled.key_auth import (DEFAULT_BODY_LIMIT, AnonymousFallback, Realm,
+                                              header_bytes)
 from guichet.plugins.consumers import ConsumerDirectory
 
 if TYPE_CHECKING:
@@ -76,7 +80,7 @@ class HmacAuthConfig(PluginConfig):
     enforce_headers: list[str] = Field(default_factory=list)
     algorithms: list[Algorithm] = Field(
         default_factory=lambda: ["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"])
-    realm: str | None = Field(default=None, pattern=REALM_PATTERN)
+    realm: Realm | None = None
 
 
 class SignatureParams(NamedTuple):
@@ -128,8 +132,9 @@ def signing_string(signed_headers: list[str], header: Callable[[str], str | None
     return "\n".join(lines)
 
 
-def sign(algorithm: str, secret: str, data: str) -> bytes:
-    return hmac.new(secret.encode("utf-8"), data.encode("utf-8"), ALGORITHMS[algorithm]).digest()
+def sign(algorithm: str, secret: str, data: bytes) -> bytes:
+    """The HMAC of ``data`` (the signing string's bytes) under ``secret`` (UTF-8)."""
+    return hmac.new(secret.encode("utf-8"), data, ALGORITHMS[algorithm]).digest()
 
 
 def signature_matches(expected: bytes, given_base64: str) -> bool:
@@ -176,21 +181,15 @@ def build_user_index(directory: ConsumerDirectory) -> dict[str, tuple[Any, "Cons
     return index
 
 
-def request_uri(req: "Request") -> str:
-    """The request target as the client sent it (nginx's ``$request_uri``)."""
-    raw = getattr(req, "raw_target", None)
-    if raw is None:
-        # Request does not expose the raw target: rebuild it from its two parts.
-        raw = req.raw_path + ("?" + req.query if req.query else "")
-    return raw
-
-
-def http_version(req: "Request") -> str:
-    version = getattr(req, "http_version", None)
-    if version is None:
-        exchange = getattr(req, "_ex", None)  # the server speaks HTTP/1.0 and 1.1 only
-        version = "1.0" if getattr(exchange, "http10", False) else "1.1"
-    return version
+def _text(value: str) -> str | None:
+    """A header-borne name (Latin-1 text, one character per byte) as the UTF-8 text the
+    client meant, as configuration holds names; None when its bytes are not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        return header_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _first_header(req: "Request") -> Callable[[str], str | None]:
@@ -262,13 +261,13 @@ class HmacAuth(Plugin):
         if (params is None or params.algorithm not in self.algorithms
                 or any(h not in params.headers for h in self.enforce_headers)):
             return self._refusal(SIGNATURE_NOT_VALID), None
-        identity = self.users.get(params.username)
+        identity = self.users.get(_text(params.username))
         if identity is None:
             return self._refusal(SIGNATURE_NOT_VALID), None
         credential = identity[0]
         text = signing_string(params.headers, _first_header(req), req.method,
-                              request_uri(req), http_version(req))
-        if not signature_matches(sign(params.algorithm, credential.secret, text),
+                              req.raw_target, req.http_version)
+        if not signature_matches(sign(params.algorithm, credential.secret, header_bytes(text)),
                                  params.signature):
             return self._refusal(SIGNATURE_NOT_SAME), None
         return None, identity

@@ -25,11 +25,14 @@ Rules (Kong 3.x ``kong/plugins/jwt``: ``schema.lua``, ``handler.lua``, ``jwt_par
   "Invalid key/secret" (such credentials are also logged when the plugin is built). A bad
   signature is 401 "Invalid signature". Signatures are checked by PyJWT's algorithms
   (HMAC compared in constant time).
-- ``claims_to_verify`` (``exp``, ``nbf``): each must be a number; ``exp`` later than now,
-  ``nbf`` not later than now (no leeway, as Kong). ``maximum_expiration`` > 0 (which
-  requires ``exp`` in ``claims_to_verify``): ``exp`` at most that many seconds ahead.
-  Refusals are 401 with Kong's texts as the message ("token expired", "token not valid
-  yet", "exp must be a number", "exp exceeds maximum allowed expiration").
+- ``exp`` and ``nbf``, whenever the token has them (GUARANTEES.md §13; Kong checks them
+  only when listed in ``claims_to_verify``): each must be a number; ``exp`` later than
+  now, ``nbf`` not later than now (no leeway, as Kong). ``claims_to_verify`` makes the
+  listed claims required: a token without one is refused ("exp must be a number", as
+  Kong). ``maximum_expiration`` > 0 (which requires ``exp`` in ``claims_to_verify``):
+  ``exp`` at most that many seconds ahead. Refusals are 401 with Kong's texts as the
+  message ("token expired", "token not valid yet", "exp must be a number", "exp exceeds
+  maximum allowed expiration").
 - Every 401 but "Unauthorized" (no token) carries ``WWW-Authenticate: Bearer
   error="invalid_token"`` (``Bearer realm="<realm>", error="invalid_token"`` with a
   ``realm``); "Unauthorized" carries ``Bearer`` (``Bearer realm="<realm>"``). A credential
@@ -51,7 +54,7 @@ from pydantic import Field, model_validator
 
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled import jose
-from guichet.plugins.bundled.key_auth import REALM_PATTERN, AnonymousFallback, parse_form
+from guichet.plugins.bundled.key_auth import AnonymousFallback, Realm, parse_form
 from guichet.plugins.consumers import ConsumerDirectory
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ log = logging.getLogger("guichet.plugins.auth")
 _BEARER = re.compile(r"\s*[Bb]earer\s+(.+)")
 _UNRECOGNIZABLE = object()  # a query argument without a value (Kong's boolean ``true``)
 MAX_EXPIRATION = 31_536_000  # 365 days, Kong's bound
+TIME_CLAIMS = ("exp", "nbf")  # checked whenever present
 
 
 class JwtConfig(PluginConfig):
@@ -76,7 +80,7 @@ class JwtConfig(PluginConfig):
     anonymous: str | None = None
     run_on_preflight: bool = True
     maximum_expiration: float = Field(default=0, ge=0, le=MAX_EXPIRATION)
-    realm: str | None = Field(default=None, pattern=REALM_PATTERN)
+    realm: Realm | None = None
 
     @model_validator(mode="after")
     def _maximum_expiration_needs_exp(self) -> "JwtConfig":
@@ -186,6 +190,13 @@ class JwtAuth(Plugin):
                     found[match.group(1)] = None
         return list(found)
 
+    def _claims_checked(self, claims: dict[str, Any]) -> tuple[str, ...]:
+        """``claims_to_verify`` (required, in their order), then ``exp`` and ``nbf`` when
+        the token has them though they are not listed."""
+        present = tuple(name for name in TIME_CLAIMS
+                        if name not in self.claims_to_verify and claims.get(name) is not None)
+        return self.claims_to_verify + present if present else self.claims_to_verify
+
     def _refuse(self, message: str) -> ErrorResponse:
         return error(401, message, {"WWW-Authenticate": self.www_invalid})
 
@@ -227,7 +238,7 @@ class JwtAuth(Plugin):
             return self._refuse("Invalid signature")
 
         now = time.time()
-        errors = jose.kong_claim_errors(jws.claims, self.claims_to_verify, now)
+        errors = jose.kong_claim_errors(jws.claims, self._claims_checked(jws.claims), now)
         if not errors and self.config.maximum_expiration > 0:
             errors = jose.kong_maximum_expiration_error(jws.claims,
                                                         self.config.maximum_expiration, now)

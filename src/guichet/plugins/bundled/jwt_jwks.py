@@ -61,7 +61,7 @@ from pydantic import Field, field_validator, model_validator
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled import jose
 from guichet.plugins.bundled.jwt_auth import request_cookie
-from guichet.plugins.bundled.key_auth import REALM_PATTERN, AnonymousFallback, remove_form_field
+from guichet.plugins.bundled.key_auth import AnonymousFallback, Realm, remove_form_field
 
 if TYPE_CHECKING:
     from guichet.config.model import Consumer
@@ -76,7 +76,7 @@ MAX_DOCUMENT_BYTES = 1 << 20
 MAX_CANDIDATES = 10
 QUERY_PARAM = "access_token"
 UNAVAILABLE = "Unable to verify the token: signing keys unavailable"
-_URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
+_URL_PATTERN = r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*$"
 
 
 class JwtJwksConfig(PluginConfig):
@@ -96,7 +96,7 @@ class JwtJwksConfig(PluginConfig):
     anonymous: str | None = None
     run_on_preflight: bool = True
     hide_credentials: bool = False
-    realm: str | None = Field(default=None, pattern=REALM_PATTERN)
+    realm: Realm | None = None
     timeout: int = Field(default=10_000, ge=1, le=MAX_TIMEOUT_MS)
     cache_ttl: float = Field(default=3600, gt=0, le=86_400 * 7)
     rediscovery_lifetime: float = Field(default=30, gt=0, le=86_400)

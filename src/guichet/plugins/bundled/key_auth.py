@@ -11,10 +11,18 @@ Rules (Kong 3.x ``kong/plugins/key-auth``):
 - No key, or an empty key: 401 "No API key found in request". A key matching no
   credential, or an expired one (``ttl``): 401 "Unauthorized". Every 401 carries
   ``WWW-Authenticate: Key realm="<realm>"``, or ``Key`` when no realm is configured.
+- A realm (of key-auth, basic-auth, hmac-auth, jwt and jwt-jwks: :data:`Realm`) is written
+  in a quoted-string of ``WWW-Authenticate``; it may hold only printable ASCII (space
+  included) other than ``"`` and ``\\``, so it never needs escaping and always encodes.
 - Keys are matched by a dict lookup on their keyed digest
   (:func:`~guichet.plugins.consumers.secret_digest`), in an index built once per
   configuration snapshot and shared by every key-auth instance of it: the time taken does
   not depend on how much of a wrong key was right, and plaintext keys are not kept.
+- A key is compared as bytes: a configured key by its UTF-8 encoding; a key from a header
+  by the bytes the client sent (the request's headers are Latin-1 text, one character per
+  byte, so :func:`header_bytes` gives them back); a key from the query string or the body
+  by the UTF-8 encoding of its percent-decoded text. A key "clé" thus matches whether it
+  comes in a header as UTF-8 bytes or in the query as ``cl%C3%A9``.
 - A credential's ``ttl`` is, as in Kong's declarative files (what ``kong config db_export``
   writes), the Unix time at which it expires: from then on its key is refused.
 - ``hide_credentials``: the header and the query argument of the name that held the key
@@ -37,11 +45,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Iterable
 from urllib.parse import unquote_plus
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.consumers import ConsumerDirectory, secret_digest
@@ -58,12 +66,34 @@ DUPLICATE_API_KEY = "Duplicate API key found"
 INVALID_KEY = "Unauthorized"
 
 _KEY_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
-REALM_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # a realm goes into a response header
+# What a quoted-string may hold without escaping, minus HTAB and obs-text (RFC 9110 §5.6.4)
+_REALM_CHARACTERS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 DEFAULT_BODY_LIMIT = 8 * 1024 * 1024
 
 # What a lookup of one name in one place of the request found: nothing, a value, or
 # several values (Kong's "table" case, refused as a duplicate key).
 _DUPLICATE = object()
+
+
+def check_realm(realm: str) -> str:
+    """A realm as it may be written in ``WWW-Authenticate: <scheme> realm="<realm>"``."""
+    if not _REALM_CHARACTERS.fullmatch(realm):
+        raise ValueError("a realm may hold only printable ASCII characters and spaces, "
+                         "without '\"' or '\\' (it is sent in the WWW-Authenticate header)")
+    return realm
+
+
+Realm = Annotated[str, AfterValidator(check_realm)]
+
+
+def header_bytes(value: str) -> bytes:
+    """The bytes a client sent for a header value. Request headers are Latin-1 text (one
+    character per byte received), so Latin-1 gives them back exactly; a value set by a
+    plugin with characters beyond Latin-1 (never received as such) is taken as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 class AnonymousFallback:
@@ -107,7 +137,7 @@ class KeyAuthConfig(PluginConfig):
     key_in_query: bool = True
     key_in_body: bool = False
     run_on_preflight: bool = True
-    realm: str | None = Field(default=None, pattern=REALM_PATTERN)
+    realm: Realm | None = None
 
     @field_validator("key_names")
     @classmethod
@@ -155,8 +185,28 @@ class KeyAuth(Plugin):
         self.www_authenticate = f'Key realm="{config.realm}"' if config.realm else "Key"
         settings = env.settings
         self.body_limit = getattr(settings, "client_body_buffer_size", DEFAULT_BODY_LIMIT)
+        # the fast path of access(): a header holding the key, nothing to hide
+        self.fast_header = (config.key_names[0] if config.key_in_header
+                            and not config.hide_credentials else None)
+        self.skip_preflight = not config.run_on_preflight
 
     def access(self, req: "Request") -> Response | None | Awaitable[Response | None]:
+        if self.fast_header is not None:
+            # The common case, decided here: the first key name's header, sent once. Kong
+            # looks there first too and stops at it, so the answer is the one the long way
+            # below would give; anything else (no such header, OPTIONS, an earlier plugin
+            # already authenticated) goes the long way.
+            values = req.header_values(self.fast_header)
+            if (len(values) == 1 and values[0]
+                    and not (self.skip_preflight and req.method == "OPTIONS")
+                    and not (self.anonymous.name is not None and req.credential is not None)):
+                entry = self.keys.get(secret_digest(header_bytes(values[0])))
+                if entry is not None and (entry.expires_at is None
+                                          or time.time() < entry.expires_at):
+                    req.set_consumer(entry.consumer, entry.credential, entry.credential.id)
+                    return None
+                return self.anonymous.conclude(
+                    req, error(401, INVALID_KEY, {"WWW-Authenticate": self.www_authenticate}))
         conf = self.config
         if not conf.run_on_preflight and req.method == "OPTIONS":
             return None
@@ -181,21 +231,24 @@ class KeyAuth(Plugin):
 
     # ------------------------------------------------------------------ the key
     def _locate(self, req: "Request", body: "RequestBody | None") -> tuple[int, str | None, Any]:
-        """(position in key_names, name, value) of the first name that yields a string or
-        several values; (-1, None, None) when none does."""
+        """(position in key_names, name, value) of the first name that yields a key (the
+        bytes of a header, the text of a query argument or body field) or several values;
+        (-1, None, None) when none does."""
         conf = self.config
         query: dict[str, list[str | None]] | None = None
         for position, name in enumerate(conf.key_names):
             value: Any = None
             if conf.key_in_header:
                 value = _header_value(req, name)
+                if isinstance(value, str):
+                    value = header_bytes(value)
             if value is None and conf.key_in_query:
                 if query is None:
-                    query = parse_form(req.query)
+                    query = parse_form(_query_text(req.query))
                 value = _single(query.get(name))
             if value is None and body is not None:
                 value = body.value(name)
-            if value is _DUPLICATE or isinstance(value, str):
+            if value is _DUPLICATE or isinstance(value, (str, bytes)):
                 return position, name, value
         return -1, None, None
 
@@ -240,6 +293,15 @@ def _header_value(req: "Request", name: str) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else _DUPLICATE
+
+
+def _query_text(query: str) -> str:
+    """The query string as UTF-8 text. The request's query is Latin-1 text (one character
+    per byte received): a key sent as raw UTF-8 bytes rather than percent-encoded is read
+    as the characters those bytes encode; bytes that are not UTF-8 cannot match a key."""
+    if query.isascii():
+        return query
+    return header_bytes(query).decode("utf-8", "replace")
 
 
 def _single(values: list[str | None] | None) -> Any:

@@ -12,6 +12,9 @@ Rules:
   (and ``token_type_hint`` when configured), ``Authorization: <authorization_value>``,
   the ``custom_introspection_headers``, and, with ``introspect_request``,
   ``X-Request-Path`` and ``X-Request-Http-Method`` of the request being authenticated.
+  ``authorization_value`` and the custom header values must be printable ASCII (spaces
+  and tabs allowed), checked when the configuration is loaded; the URL holds no control
+  character.
 - A response that is not 200 with a JSON object, no response within ``timeout`` ms, or a
   connection failure: 503 "The introspection endpoint is unavailable" with Retry-After
   (Kong Enterprise answers 500; the token was not judged, so it is neither a 401 nor a
@@ -55,7 +58,7 @@ from pydantic import Field, field_validator
 
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled.jose import header_safe
-from guichet.plugins.bundled.key_auth import AnonymousFallback, remove_form_field
+from guichet.plugins.bundled.key_auth import AnonymousFallback, header_bytes, remove_form_field
 from guichet.plugins.consumers import secret_digest
 
 if TYPE_CHECKING:
@@ -81,7 +84,9 @@ CREDENTIAL_HEADERS = (
     ("jti", "X-Credential-Jti"),
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
+# a header value sent to the authorization server: ASCII without controls (HTAB allowed)
+_OUTBOUND_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_URL_PATTERN = r"^https?://[^\s/?#\x00-\x1f\x7f]+[^\s\x00-\x1f\x7f]*$"
 
 
 class OAuth2IntrospectionConfig(PluginConfig):
@@ -104,14 +109,23 @@ class OAuth2IntrospectionConfig(PluginConfig):
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None  # Kong's default is ""
 
+    @field_validator("authorization_value")
+    @classmethod
+    def _authorization_header(cls, value: str) -> str:
+        if not _OUTBOUND_VALUE.fullmatch(value):
+            raise ValueError("may hold only printable ASCII characters, spaces and tabs "
+                             "(it is sent in the Authorization header)")
+        return value
+
     @field_validator("custom_introspection_headers")
     @classmethod
     def _header_fields(cls, headers: dict[str, str]) -> dict[str, str]:
         for name, value in headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"'{name}' is not a valid header name")
-            if not header_safe(value):
-                raise ValueError(f"the value of '{name}' cannot be a header value")
+            if not _OUTBOUND_VALUE.fullmatch(value):
+                raise ValueError(f"the value of '{name}' may hold only printable ASCII "
+                                 "characters, spaces and tabs (it is sent in a header)")
         return headers
 
     @field_validator("custom_claims_forward")
@@ -313,10 +327,11 @@ class OAuth2Introspection(Plugin):
         form = {"token": token}
         if self.config.token_type_hint:
             form["token_type_hint"] = self.config.token_type_hint
-        headers = self.request_headers
+        headers: dict[str, str | bytes] = {**self.request_headers}
         if self.config.introspect_request:
-            headers = {**headers, "X-Request-Path": req.path,
-                       "X-Request-Http-Method": req.method}
+            # the path as bytes: it may hold bytes beyond ASCII, which httpx would not encode
+            headers["X-Request-Path"] = header_bytes(req.path)
+            headers["X-Request-Http-Method"] = req.method
         url = self.config.introspection_url
         try:
             async with asyncio.timeout(self.timeout):

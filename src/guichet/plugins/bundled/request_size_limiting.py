@@ -7,23 +7,21 @@ Rules (Kong 3.x's handler):
   ``megabytes`` (default, 2^20 bytes), ``kilobytes`` (2^10) or ``bytes``.
 * A request with a numeric Content-Length is judged on it, without reading the body.
 * Without one: when ``require_content_length`` is true and the body is not chunked, 411
-  ``A valid Content-Length header is required``. A chunked body is counted as it arrives,
-  and refused as soon as it passes the limit. No body at all goes on.
+  ``A valid Content-Length header is required``. A chunked body is counted as it streams
+  to the upstream (``req.limit_body``: nothing is held) and refused with 413 as soon as
+  it passes the limit; the connection is then closed (the rest of the body cannot be told
+  from a next request), and if the upstream had already begun to answer, that answer is
+  cut. No body at all goes on.
 * Over the limit: 413 ``Request size limit exceeded``, or 417 with the same message when
   the client sent ``Expect: 100-continue`` (so it knows not to send the body).
 
-Differences from Kong, and why:
-
-* Counting a chunked body means holding it (``req.read_body``) until it is complete or
-  over the limit. The gateway never holds more than ``client_body_buffer_size`` (8 MiB by
-  default, GUARANTEES.md §2) for a plugin, so a chunked body is refused with 413 once it
-  passes the smaller of the plugin's limit and that setting; raise the setting to hold
-  more. Bodies with a Content-Length are not held and have no such cap.
+Difference from Kong: Kong reads a chunked body whole before judging it; guichet judges
+it while it streams, so a large chunked body under the limit is never held in memory.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
 UNIT_BYTES = {"megabytes": 1 << 20, "kilobytes": 1 << 10, "bytes": 1}
 SIZE_EXCEEDED = "Request size limit exceeded"
 LENGTH_REQUIRED = "A valid Content-Length header is required"
-DEFAULT_BODY_BUFFER = 8 * 1024 * 1024
 
 
 class RequestSizeLimitingConfig(PluginConfig):
@@ -60,10 +57,8 @@ class RequestSizeLimiting(Plugin):
         super().__init__(config, env)
         self.limit = allowed_bytes(config.allowed_payload_size, config.size_unit)
         self.require_content_length = config.require_content_length
-        buffer_cap = getattr(env.settings, "client_body_buffer_size", DEFAULT_BODY_BUFFER)
-        self.hold_limit = min(self.limit, buffer_cap)
 
-    def access(self, req: "Request") -> "Response | Awaitable[Response | None] | None":
+    def access(self, req: "Request") -> "Response | None":
         length = req.content_length
         if length is not None:
             return self._too_large(req) if length > self.limit else None
@@ -72,12 +67,8 @@ class RequestSizeLimiting(Plugin):
                 return error(411, LENGTH_REQUIRED)
             if not req.has_body:
                 return None
-        return self._count_body(req)
-
-    async def _count_body(self, req: "Request") -> Response | None:
-        """Hold the body until it is complete (it fits) or over the limit (refused)."""
         try:
-            await req.read_body(self.hold_limit)
+            req.limit_body(self.limit)  # counted while it streams: 413 past the limit
         except PayloadTooLarge:
             return self._too_large(req)
         return None
