@@ -460,3 +460,23 @@ def test_configuration_with_header_breaking_values_does_not_start(tmp_path, upst
     assert "gateway.yml:" in message  # the error names the file and line
     assert where in message and ("printable ASCII" in message
                                  or "must not contain control characters" in message), message
+
+
+def test_no_secret_reaches_the_log_even_at_debug_level(gateway_factory, upstream, http):
+    """GUARANTEES §14: keys, passwords and signatures are never written to the log,
+    whether the attempt succeeds or fails."""
+    gw = gateway_factory(auth_config(upstream.url), extra_args=("--log-level", "debug"))
+    wrong_key, wrong_password = "wrong-key-5f3a9c", "wrong-password-8d2e"
+    http.get(gw.url + "/key", headers={"apikey": ALICE_KEY})
+    http.get(gw.url + "/key", headers={"apikey": wrong_key})
+    http.get(gw.url + "/key?apikey=" + wrong_key)
+    http.get(gw.url + "/basic", headers={"Authorization": basic("alice-basic", ALICE_PASSWORD)})
+    http.get(gw.url + "/basic", headers={"Authorization": basic("alice-basic", wrong_password)})
+    http.get(gw.url + "/basic", headers={"Authorization": basic("nobody", wrong_password)})
+    http.get(gw.url + "/ghost", headers={"apikey": wrong_key})  # the 500 path logs
+    time.sleep(0.5)
+    log = gw.stderr_text(limit=10_000_000)
+    assert "DEBUG" in log or "INFO" in log  # the log was captured at all
+    for secret in (ALICE_KEY, wrong_key, ALICE_PASSWORD, wrong_password, HMAC_SECRET,
+                   basic("alice-basic", ALICE_PASSWORD).split()[1]):
+        assert secret not in log, f"a secret reached the log: {secret[:4]}..."
