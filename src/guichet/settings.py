@@ -76,6 +76,10 @@ class Settings(BaseModel):
     dns_not_found_ttl: float = Field(30.0, ge=0)
     # Kong's ``plugins``: "bundled" and module paths of custom plugins ("pkg.mod:Class")
     plugins: tuple[str, ...] = ("bundled",)
+    # basic-auth: threads verifying passwords (bcrypt/argon2) per worker, and how many
+    # verifications may wait before further attempts get 503
+    password_verify_threads: int = Field(2, ge=1, le=64)
+    password_verify_max_pending: int = Field(64, ge=1)
 
     @field_validator("trusted_ips")
     @classmethod

@@ -322,3 +322,14 @@ def test_unknown_and_known_users_cost_the_same_on_a_first_attempt():
     unknown = statistics.median(timed(f"nobody{n}", n) for n in range(3))
     assert 0.5 < known / unknown < 2.0, (known, unknown)
     assert known > 0.01 and unknown > 0.01  # both paid for a real bcrypt verification
+
+
+def test_pool_size_and_cap_come_from_the_node_settings(monkeypatch):
+    from types import SimpleNamespace
+
+    own = basic_auth_module.VerificationPool()
+    monkeypatch.setattr(basic_auth_module, "POOL", own)
+    env = make_env()
+    env.settings = SimpleNamespace(password_verify_threads=3, password_verify_max_pending=7)
+    basic_auth_module.BasicAuth(basic_auth_module.BasicAuth.Config.model_validate({}), env)
+    assert own.threads == 3 and own.max_pending == 7

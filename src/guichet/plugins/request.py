@@ -370,6 +370,16 @@ def _identity(consumer: "Consumer | None", identifier: str | None,
     return found
 
 
+def _check_response_header(name: str, value: str) -> None:
+    """A header a plugin sets toward the client: a token name, no CR/LF/NUL in the value,
+    Latin-1 (else ValueError, raised in the plugin that tried)."""
+    if not name or any(c in name for c in " \t\r\n\0:"):
+        raise ValueError(f"invalid response header name set by a plugin: {name!r}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"invalid character in response header {name!r} set by a plugin")
+    value.encode("latin-1")
+
+
 class ResponseHead:
     """The status and headers going to the client. Header names keep their case; lookups
     ignore it."""
@@ -395,13 +405,17 @@ class ResponseHead:
         return [v for n, v in self.headers if n.lower() == lname]
 
     def set(self, name: str, value: str) -> None:
+        value = str(value)
+        _check_response_header(name, value)
         lname = name.lower()
         self.headers = [(n, v) for n, v in self.headers if n.lower() != lname]
         self.headers.append((name, str(value)))
         self.changed = True
 
     def add(self, name: str, value: str) -> None:
-        self.headers.append((name, str(value)))
+        value = str(value)
+        _check_response_header(name, value)
+        self.headers.append((name, value))
         self.changed = True
 
     def remove(self, name: str) -> None:

@@ -38,10 +38,10 @@ from guichet.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from guichet.server import headers as H
-from guichet.server.responses import REQUEST_IDS, status_line
 from guichet.plugins import runner
 from guichet.plugins.request import ResponseHead
+from guichet.server import headers as H
+from guichet.server.responses import REQUEST_IDS, status_line
 from guichet.server.states import CONNECTING, DONE, HEAD, QUEUED, RESPONDING, SENT
 from guichet.server.upstream import UpstreamConnection
 
@@ -59,7 +59,6 @@ BUFFER_HIGH = 256 * 1024
 
 # response body modes toward the client
 NO_BODY, RAW, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
-
 
 
 class Exchange:

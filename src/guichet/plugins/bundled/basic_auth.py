@@ -256,6 +256,12 @@ class BasicAuth(Plugin):
 
     def __init__(self, config: BasicAuthConfig, env: "BuildEnv") -> None:
         super().__init__(config, env)
+        settings = env.settings
+        if settings is not None and POOL._executor is None:
+            # node settings, fixed for the process: they apply before the first verification
+            POOL.threads = getattr(settings, "password_verify_threads", VERIFY_THREADS)
+            POOL.max_pending = getattr(settings, "password_verify_max_pending",
+                                       MAX_PENDING_VERIFICATIONS)
         self.users: dict[str, tuple[Any, "Consumer"]] = env.consumers.index(
             "basic-auth", build_user_index)
         self.checks: PasswordChecks = env.consumers.index(
