@@ -28,6 +28,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.gateway import GatewayFactory, GatewayStartError, free_port  # noqa: E402
+
+# the plugin unit tests' ``resolve`` fixture (one event loop per module)
+pytest_plugins = ["support.plugin_requests"]
 from support.upstream import UpstreamServer  # noqa: E402
 
 SERVICE_URLS = {

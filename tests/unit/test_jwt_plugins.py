@@ -29,7 +29,6 @@ from guichet.plugins.stores import Stores
 from support.jwks import (IdentityServer, ec_key, ed25519_key, forge_hs256, rsa_key,
                           unsigned)
 from support.plugin_requests import bearer, make_env, request, upstream_header
-from support.plugin_requests import resolve  # noqa: F401 - the fixture, one event loop per module
 
 NOW = time.time()  # for the pure rules, which take "now" as an argument
 RSA = rsa_key("rsa-1")

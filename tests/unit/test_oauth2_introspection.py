@@ -20,7 +20,6 @@ from guichet.plugins.bundled.oauth2_introspection import (
 from support.jwks import IdentityServer
 from support.plugin_requests import (bearer, build, make_env, make_request, request,
                                      upstream_header)
-from support.plugin_requests import resolve  # noqa: F401 - the fixture, one event loop per module
 
 ALICE = Consumer(id="c-alice", username="alice", custom_id="A1")
 BOB = Consumer(id="c-bob", username="bob")

@@ -5,7 +5,6 @@ Content-Length; termination answers, the trigger, and the echo document."""
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -19,7 +18,7 @@ from guichet.plugins.bundled.request_termination import (
     parse_body,
     query_table,
 )
-from support.plugin_requests import build, make_env, make_request, refused, run
+from support.plugin_requests import build, make_request, refused, run
 
 ROUTE = Route(id="r-1", name="orders", service_id="s-1", paths=("/orders",),
               headers=(("x-version", ("1", "2")),))

@@ -44,6 +44,7 @@ from guichet.server import headers as H
 from guichet.server.responses import REQUEST_IDS, status_line
 from guichet.server.states import CONNECTING, DONE, HEAD, QUEUED, RESPONDING, SENT
 from guichet.server.upstream import UpstreamConnection
+from guichet.server.upstream_head import build_upstream_head
 
 __all__ = ["Exchange", "CONNECTING", "DONE", "HEAD", "QUEUED", "RESPONDING", "SENT"]
 
@@ -292,7 +293,7 @@ class Exchange:
         self.deadline = rt.now + svc.read_timeout  # type: ignore[union-attr]
         transport = conn.transport
         assert transport is not None
-        head = self.client.build_upstream_head(self, conn)
+        head = build_upstream_head(self.client, self)
         if self.body_pending:
             parts = [head]
             for chunk in self.body_pending:
