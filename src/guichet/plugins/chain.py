@@ -108,12 +108,20 @@ class ChainTable:
         self.consumer_scoped = any(e.consumer_id for e in self._entities.values())
         self.active = bool(self._entities)  # False: no request needs a chain
         self._cache: dict[tuple[str | None, str, str | None], Chain] = {}
+        self.by_route: dict[tuple[str, str], Chain] = {}  # (route id, protocol) -> chain, no consumer yet
 
     def __len__(self) -> int:
         return len(self._instances)
 
     def instances(self) -> list[Plugin]:
         return list(self._instances.values())
+
+    def for_route(self, route: Route, protocol: str) -> Chain:
+        """The chain of a route before any consumer is known (the hot path's lookup)."""
+        found = self.by_route.get((route.id, protocol))
+        if found is None:
+            found = self.by_route[(route.id, protocol)] = self.chain(route, protocol)
+        return found
 
     def chain(self, route: Route | None, protocol: str, consumer_id: str | None = None) -> Chain:
         route_id = route.id if route is not None else None

@@ -157,6 +157,16 @@ class Request:
                 found = v if found is None else found + b", " + v
         return None if found is None else found.decode("latin-1")
 
+    def raw_header_values(self, name: str) -> list[bytes]:
+        """Every value of a header as the bytes the client sent (for secrets: digest or
+        sign what was sent, whatever its encoding)."""
+        lname = _lower_bytes(name)
+        values = []
+        for n, _, v in self._ex.headers:
+            if n == lname:
+                values.append(v)
+        return values
+
     def header_values(self, name: str) -> list[str]:
         """Every value of a repeated header, in order."""
         lname = _lower_bytes(name)

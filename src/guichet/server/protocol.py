@@ -357,7 +357,9 @@ class ClientProtocol(asyncio.Protocol):
         ex.service = svc
         chains = snap.chains
         if chains.active:
-            chain = chains.chain(match.route, self.scheme)
+            chain = chains.by_route.get((match.route.id, self.scheme))
+            if chain is None:
+                chain = chains.for_route(match.route, self.scheme)
             if chain.plugins:
                 runner.start(ex, chain)
                 return

@@ -196,11 +196,11 @@ class KeyAuth(Plugin):
             # looks there first too and stops at it, so the answer is the one the long way
             # below would give; anything else (no such header, OPTIONS, an earlier plugin
             # already authenticated) goes the long way.
-            values = req.header_values(self.fast_header)
+            values = req.raw_header_values(self.fast_header)
             if (len(values) == 1 and values[0]
                     and not (self.skip_preflight and req.method == "OPTIONS")
                     and not (self.anonymous.name is not None and req.credential is not None)):
-                entry = self.keys.get(secret_digest(header_bytes(values[0])))
+                entry = self.keys.get(secret_digest(values[0]))  # the bytes as sent
                 if entry is not None and (entry.expires_at is None
                                           or time.time() < entry.expires_at):
                     req.set_consumer(entry.consumer, entry.credential, entry.credential.id)
