@@ -98,15 +98,14 @@ class CompiledService:
 
 class Snapshot:
     __slots__ = ("config", "router", "services", "hash", "version", "certificates", "_closed",
-                 "chains", "consumers")
+                 "chains")
 
     def __init__(self, config: Config, router: RouteTable, services: dict[str, CompiledService],
-                 chains: ChainTable | None = None, consumers: ConsumerDirectory | None = None) -> None:
+                 chains: ChainTable | None = None) -> None:
         self.config = config
         self.router = router
         self.services = services
         self.chains = chains if chains is not None else ChainTable(config, {})
-        self.consumers = consumers
         self.hash = config.hash
         self.version = next(_versions)
         self.certificates = config.certificates
@@ -137,8 +136,7 @@ def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry |
                      settings: Any = None, stores: Stores | None = None) -> Snapshot:
     """Compile ``config``; plugins come from ``registry`` (bundled ones by default) and
     keep their long-lived state in the worker's ``stores``."""
-    consumers = ConsumerDirectory(config)
-    env = BuildEnv(consumers, settings, stores if stores is not None else Stores())
+    env = BuildEnv(ConsumerDirectory(config), settings, stores if stores is not None else Stores())
     chains = ChainTable(config, build_instances(config, registry or default_registry(), env))
     upstreams = {u.name: u for u in config.upstreams}
     services: dict[str, CompiledService] = {}
@@ -153,4 +151,4 @@ def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry |
             counts_inflight=upstream is not None and upstream.algorithm == "least-connections")
     # Routes of a disabled service are not matched (Kong).
     router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
-    return Snapshot(config, router, services, chains, consumers)
+    return Snapshot(config, router, services, chains)

@@ -45,6 +45,7 @@ log = logging.getLogger("guichet.worker")
 # timeout fires within SWEEP_INTERVAL of its nominal time, and the hot path reads a float
 # instead of calling loop.time() several times per request.
 SWEEP_INTERVAL = 0.25
+STORES_SWEEP_INTERVAL = 30.0
 
 
 class Runtime:
@@ -56,6 +57,7 @@ class Runtime:
         self.settings = settings
         self.registry = registry if registry is not None else Registry(settings.plugins)
         self.stores = stores if stores is not None else Stores()
+        self.stores_sweep_at = loop.time() + STORES_SWEEP_INTERVAL
         self.loop = loop
         self.now = loop.time()
         self.snapshot = snapshot
@@ -122,8 +124,9 @@ class Runtime:
                     if ex is not None and ex.snapshot is not None:
                         in_use.add(id(ex.snapshot))
         self.pool.sweep(now)
-        if int(now) % 30 == 0 and int(now) != int(now - SWEEP_INTERVAL):
-            self.stores.sweep()  # twice a minute: drop expired entries nobody asked for
+        if now >= self.stores_sweep_at:  # twice a minute: expired entries nobody asked for
+            self.stores_sweep_at = now + STORES_SWEEP_INTERVAL
+            self.stores.sweep()
         if self.retired:
             keep, done = [], []
             for snap in self.retired:

@@ -117,13 +117,17 @@ class ChainTable:
         return list(self._instances.values())
 
     def for_route(self, route: Route, protocol: str) -> Chain:
-        """The chain of a route before any consumer is known (the hot path's lookup)."""
+        """The chain of a route before any consumer is known (the hot path reads
+        ``by_route`` itself and calls this only on a miss)."""
         found = self.by_route.get((route.id, protocol))
         if found is None:
-            found = self.by_route[(route.id, protocol)] = self.chain(route, protocol)
+            found = self.by_route[(route.id, protocol)] = self._build(
+                route.id, route.service_id, protocol, None)
         return found
 
     def chain(self, route: Route | None, protocol: str, consumer_id: str | None = None) -> Chain:
+        if consumer_id is None and route is not None:
+            return self.for_route(route, protocol)
         route_id = route.id if route is not None else None
         key = (route_id, protocol, consumer_id)
         found = self._cache.get(key)

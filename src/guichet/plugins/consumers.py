@@ -73,6 +73,18 @@ class ConsumerDirectory:
             value = self._indexes[name] = build(self)
         return value
 
+    def by_field(self, kind: str, field: str) -> dict[Any, tuple[Any, Consumer]]:
+        """value of ``field`` -> (credential, consumer) for every credential of ``kind``
+        whose consumer exists (the first one wins); built once per snapshot."""
+        def build(directory: "ConsumerDirectory") -> dict[Any, tuple[Any, Consumer]]:
+            index: dict[Any, tuple[Any, Consumer]] = {}
+            for credential in directory.credentials(kind):
+                consumer = directory.get(credential.consumer_id)
+                if consumer is not None:
+                    index.setdefault(getattr(credential, field), (credential, consumer))
+            return index
+        return self.index(f"{kind}:{field}", build)
+
     def groups(self, consumer_id: str) -> tuple[str, ...]:
         """The ACL groups of a consumer, in file order."""
         table = self.index("acl-groups", _acl_groups)

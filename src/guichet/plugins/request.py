@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import parse_qs
 
 from guichet.errors import PayloadTooLarge
-from guichet.server.headers import check_header
+from guichet.server.headers import check_field, check_header
 
 if TYPE_CHECKING:
     from guichet.config.model import Consumer, Route, Service
@@ -75,13 +75,6 @@ class Request:
             ex.body_limit = max_bytes
         if ex.body_received > max_bytes:
             raise PayloadTooLarge()
-
-    def release(self) -> None:
-        """The exchange is over: drop the link back to it (the two would otherwise form a
-        reference cycle, left to the cyclic garbage collector)."""
-        ex = self._ex
-        if ex is not None and ex.req is self:
-            ex.req = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -380,16 +373,6 @@ def _identity(consumer: "Consumer | None", identifier: str | None,
     return found
 
 
-def _check_response_header(name: str, value: str) -> None:
-    """A header a plugin sets toward the client: a token name, no CR/LF/NUL in the value,
-    Latin-1 (else ValueError, raised in the plugin that tried)."""
-    if not name or any(c in name for c in " \t\r\n\0:"):
-        raise ValueError(f"invalid response header name set by a plugin: {name!r}")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"invalid character in response header {name!r} set by a plugin")
-    value.encode("latin-1")
-
-
 class ResponseHead:
     """The status and headers going to the client. Header names keep their case; lookups
     ignore it."""
@@ -416,7 +399,7 @@ class ResponseHead:
 
     def set(self, name: str, value: str) -> None:
         value = str(value)
-        _check_response_header(name, value)
+        check_field(name, value)
         lname = name.lower()
         self.headers = [(n, v) for n, v in self.headers if n.lower() != lname]
         self.headers.append((name, str(value)))
@@ -424,7 +407,7 @@ class ResponseHead:
 
     def add(self, name: str, value: str) -> None:
         value = str(value)
-        _check_response_header(name, value)
+        check_field(name, value)
         self.headers.append((name, value))
         self.changed = True
 

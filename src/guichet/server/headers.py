@@ -219,12 +219,24 @@ _NOT_SETTABLE = frozenset({"content-length", "transfer-encoding", "connection", 
                            "keep-alive", "te", "trailer"})
 
 
-def check_header(name: str, value: str) -> bytes:
-    """Check a header a plugin sets toward the upstream; return its lower-case name.
+def check_field(name: str, value: str) -> None:
+    """Check a header field a plugin sets, either way: the name is a token, the value holds
+    no CR, LF or NUL (which would forge fields) and is Latin-1. Raises ValueError."""
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name set by a plugin: {name!r}")
+    _check_value(name, value)
 
-    The name must be a token and not a framing field; the value must hold no CR, LF or
-    NUL (which would forge headers) and be Latin-1. Raises ValueError otherwise.
-    """
+
+def _check_value(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"invalid character in the value of header {name!r} set by a plugin")
+    if not value.isascii():
+        value.encode("latin-1")  # raises UnicodeEncodeError (a ValueError) beyond Latin-1
+
+
+def check_header(name: str, value: str) -> bytes:
+    """Check a header a plugin sets toward the upstream (:func:`check_field`, and not a
+    framing field: the gateway writes those); return its lower-case name."""
     lname = _CHECKED_NAMES.get(name)
     if lname is None:
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
@@ -234,8 +246,5 @@ def check_header(name: str, value: str) -> bytes:
         lname = name.lower().encode("latin-1")
         if len(_CHECKED_NAMES) < 4096:
             _CHECKED_NAMES[name] = lname
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"invalid character in the value of header {name!r} set by a plugin")
-    if not value.isascii():
-        value.encode("latin-1")  # raises UnicodeEncodeError (a ValueError) beyond Latin-1
+    _check_value(name, value)
     return lname

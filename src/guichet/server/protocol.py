@@ -122,9 +122,7 @@ class ClientProtocol(asyncio.Protocol):
             ex.state = DONE
             ex.drop_upstream()
             if ex.req is not None:
-                ex.req.abandon()  # a plugin waiting for the body stops waiting
-                runner.run_log(ex)
-                ex.req.release()
+                _plugins_done(ex)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -479,16 +477,13 @@ class ClientProtocol(asyncio.Protocol):
             ex.state = DONE
             ex.drop_upstream()
             if ex.req is not None:
-                runner.run_log(ex)
-                ex.req.release()
+                _plugins_done(ex)
         if self.transport is not None:
             self.transport.abort()
 
     def exchange_done(self, ex: Exchange) -> None:
         if ex.req is not None:
-            if ex.chain.log:
-                runner.run_log(ex)
-            ex.req = None  # breaks the request <-> exchange cycle: freed at once, no GC
+            _plugins_done(ex)
         ex.state = DONE
         if self.active is ex:
             self.active = None
@@ -597,3 +592,14 @@ class ClientProtocol(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+
+def _plugins_done(ex: Exchange) -> None:
+    """The exchange is over, however it ended: a plugin still waiting for the body stops
+    waiting, the log hooks run, and the exchange lets go of its ``Request`` (the two refer
+    to each other; without this the cyclic collector would have to free them)."""
+    if ex.holding_body:  # only then can a plugin be waiting
+        ex.req.abandon()
+    if ex.chain.log:
+        runner.run_log(ex)
+    ex.req = None

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from guichet.passwords import verify_against_dummy, verify_password
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled.key_auth import AnonymousFallback, Realm
-from guichet.plugins.consumers import ConsumerDirectory, secret_digest
+from guichet.plugins.consumers import secret_digest
 
 if TYPE_CHECKING:
     from guichet.config.model import Consumer
@@ -216,17 +216,6 @@ class PasswordChecks:
             self.refused.add(key, time.monotonic())
 
 
-def build_user_index(directory: ConsumerDirectory) -> dict[str, tuple[Any, "Consumer"]]:
-    """username -> (credential, consumer) for every basic-auth credential whose consumer
-    exists."""
-    index: dict[str, tuple[Any, "Consumer"]] = {}
-    for credential in directory.credentials("basicauth_credentials"):
-        consumer = directory.get(credential.consumer_id)
-        if consumer is not None:
-            index.setdefault(credential.username, (credential, consumer))
-    return index
-
-
 def parse_basic(value: str | None) -> tuple[str, str] | None:
     """(username, password) from a ``Basic`` authorization header, or None."""
     if not value:
@@ -262,8 +251,7 @@ class BasicAuth(Plugin):
             POOL.threads = getattr(settings, "password_verify_threads", VERIFY_THREADS)
             POOL.max_pending = getattr(settings, "password_verify_max_pending",
                                        MAX_PENDING_VERIFICATIONS)
-        self.users: dict[str, tuple[Any, "Consumer"]] = env.consumers.index(
-            "basic-auth", build_user_index)
+        self.users: dict[str, tuple[Any, "Consumer"]] = env.consumers.by_field("basicauth_credentials", "username")
         self.checks: PasswordChecks = env.consumers.index(
             "basic-auth:checks", lambda _directory: PasswordChecks())
         self.verified = self.checks.verified

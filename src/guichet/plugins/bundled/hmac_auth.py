@@ -48,7 +48,6 @@ from pydantic import Field
 from guichet.plugins.api import ErrorResponse, Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled.key_auth import (DEFAULT_BODY_LIMIT, AnonymousFallback, Realm,
                                               header_bytes)
-from guichet.plugins.consumers import ConsumerDirectory
 
 if TYPE_CHECKING:
     from guichet.config.model import Consumer
@@ -170,17 +169,6 @@ def body_digest_matches(body: bytes, digest_header: str | None) -> bool:
     return hmac.compare_digest(expected.encode("latin-1"), digest_header.encode("latin-1"))
 
 
-def build_user_index(directory: ConsumerDirectory) -> dict[str, tuple[Any, "Consumer"]]:
-    """username -> (credential, consumer) for every hmac-auth credential whose consumer
-    exists."""
-    index: dict[str, tuple[Any, "Consumer"]] = {}
-    for credential in directory.credentials("hmacauth_credentials"):
-        consumer = directory.get(credential.consumer_id)
-        if consumer is not None:
-            index.setdefault(credential.username, (credential, consumer))
-    return index
-
-
 def _text(value: str) -> str | None:
     """A header-borne name (Latin-1 text, one character per byte) as the UTF-8 text the
     client meant, as configuration holds names; None when its bytes are not UTF-8."""
@@ -209,8 +197,7 @@ class HmacAuth(Plugin):
 
     def __init__(self, config: HmacAuthConfig, env: "BuildEnv") -> None:
         super().__init__(config, env)
-        self.users: dict[str, tuple[Any, "Consumer"]] = env.consumers.index(
-            "hmac-auth", build_user_index)
+        self.users: dict[str, tuple[Any, "Consumer"]] = env.consumers.by_field("hmacauth_credentials", "username")
         self.anonymous = AnonymousFallback(self.name, config.anonymous, env.consumers)
         self.www_authenticate = f'hmac realm="{config.realm}"' if config.realm else "hmac"
         self.algorithms = frozenset(config.algorithms)

@@ -82,6 +82,15 @@ class JwksError(Exception):
     """A JWKS document that cannot be used at all."""
 
 
+def bearer_challenges(realm: str | None) -> tuple[str, str]:
+    """The ``WWW-Authenticate`` values of a Bearer plugin (RFC 6750): for a missing token,
+    and for an invalid one."""
+    if realm:
+        challenge = f'Bearer realm="{realm}"'
+        return challenge, f'{challenge}, error="invalid_token"'
+    return "Bearer", 'Bearer error="invalid_token"'
+
+
 # ---------------------------------------------------------------------------- parsing
 def b64url_decode(segment: str) -> bytes:
     """Strict base64url without padding (RFC 7515 §2). Raises ``ValueError``."""

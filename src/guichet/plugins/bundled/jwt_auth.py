@@ -149,12 +149,7 @@ class JwtAuth(Plugin):
         super().__init__(config, env)
         self.secrets: dict[str, JwtEntry] = env.consumers.index("jwt-secrets", build_jwt_index)
         self.anonymous = AnonymousFallback(self.name, config.anonymous, env.consumers)
-        if config.realm:
-            self.www_authenticate = f'Bearer realm="{config.realm}"'
-            self.www_invalid = f'{self.www_authenticate}, error="invalid_token"'
-        else:
-            self.www_authenticate = "Bearer"
-            self.www_invalid = 'Bearer error="invalid_token"'
+        self.www_authenticate, self.www_invalid = jose.bearer_challenges(config.realm)
         self.claims_to_verify: tuple[str, ...] = tuple(dict.fromkeys(config.claims_to_verify or ()))
         self.header_names = tuple(config.header_names)
         self.cookie_names = tuple(config.cookie_names)

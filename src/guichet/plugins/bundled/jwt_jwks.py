@@ -241,12 +241,7 @@ class JwtJwks(Plugin):
                                      required=tuple(config.required_claims),
                                      leeway=config.leeway)
         self.timeout = config.timeout / 1000
-        if config.realm:
-            self.www_authenticate = f'Bearer realm="{config.realm}"'
-            self.www_invalid = f'{self.www_authenticate}, error="invalid_token"'
-        else:
-            self.www_authenticate = "Bearer"
-            self.www_invalid = 'Bearer error="invalid_token"'
+        self.www_authenticate, self.www_invalid = jose.bearer_challenges(config.realm)
         self.discovery_url = (None if config.jwks_uri else
                               config.issuer.rstrip("/") + "/.well-known/openid-configuration")
 

@@ -200,9 +200,8 @@ class KeyAuth(Plugin):
             if (len(values) == 1 and values[0]
                     and not (self.skip_preflight and req.method == "OPTIONS")
                     and not (self.anonymous.name is not None and req.credential is not None)):
-                entry = self.keys.get(secret_digest(values[0]))  # the bytes as sent
-                if entry is not None and (entry.expires_at is None
-                                          or time.time() < entry.expires_at):
+                entry = self._lookup(values[0])  # the bytes as sent
+                if entry is not None:
                     req.set_consumer(entry.consumer, entry.credential, entry.credential.id)
                     return None
                 return self.anonymous.conclude(
@@ -260,11 +259,18 @@ class KeyAuth(Plugin):
             self._hide(req, name, body)
         if not value:
             return error(401, NO_API_KEY, {"WWW-Authenticate": self.www_authenticate})
-        entry = self.keys.get(secret_digest(value))
-        if entry is None or (entry.expires_at is not None and time.time() >= entry.expires_at):
+        entry = self._lookup(value)
+        if entry is None:
             return error(401, INVALID_KEY, {"WWW-Authenticate": self.www_authenticate})
         req.set_consumer(entry.consumer, entry.credential, entry.credential.id)
         return None
+
+    def _lookup(self, key: str | bytes) -> KeyEntry | None:
+        """The entry of a presented key, by its digest; None when unknown or expired."""
+        entry = self.keys.get(secret_digest(key))
+        if entry is None or (entry.expires_at is not None and time.time() >= entry.expires_at):
+            return None
+        return entry
 
     def _hide(self, req: "Request", name: str, body: "RequestBody | None") -> None:
         req.remove_header(name)
