@@ -46,6 +46,8 @@ class WorkerHandle:
         self.conn: Any = None
         self.ready = False
         self.started_at = 0.0
+        self.spawned_with = ""  # the config hash the worker was started with
+        self.serving = ""  # the config hash the worker says it serves (after ready/reloaded)
 
 
 class Master:
@@ -110,6 +112,7 @@ class Master:
         proc.start()
         child.close()
         handle.process, handle.conn, handle.ready = proc, parent, False
+        handle.spawned_with, handle.serving = self.config_hash, ""
         handle.started_at = time.monotonic()
         self.stats[handle.index] = 0
         asyncio.get_running_loop().add_reader(parent.fileno(), self._on_worker_message, handle)
@@ -122,12 +125,15 @@ class Master:
                 op = msg.get("op")
                 if op == "ready":
                     handle.ready = True
+                    handle.serving = handle.spawned_with
                     log.info("worker %d (pid %s) is listening", handle.index, msg.get("pid"))
                 elif op == "failed":
                     self._failures.append(msg.get("error", "worker failed"))
                     log.error("worker %d failed: %s", handle.index, msg.get("error"))
                 elif op == "reloaded" and msg.get("error"):
                     log.error("worker %d could not apply the configuration: %s", handle.index, msg["error"])
+                elif op == "reloaded":
+                    handle.serving = msg.get("hash") or handle.serving
         except (EOFError, OSError):
             try:
                 loop.remove_reader(handle.conn.fileno())
@@ -189,10 +195,15 @@ class Master:
     def status(self, method: bytes, body: bytes) -> tuple[int, Any]:
         alive = [h for h in self.workers if h.process is not None and h.process.is_alive()]
         ready = bool(alive) and all(h.ready for h in self.workers) and not self.stopping
+        # A reload is accepted by the master, then applied by each worker a moment later:
+        # config_hash is what the workers serve, pending_config_hash what they are moving to.
+        serving = {h.serving for h in alive if h.ready and h.serving}
+        applied = serving <= {self.config_hash}
         payload = {
             "status": "ok" if ready else ("stopping" if self.stopping else "starting"),
             "version": guichet.__version__,
-            "config_hash": self.config_hash,
+            "config_hash": self.config_hash if applied else min(serving - {self.config_hash}),
+            "pending_config_hash": None if applied else self.config_hash,
             "config_source": self.config_path,
             "reloads": self.reloads,
             "last_reload": self.last_reload,

@@ -58,6 +58,8 @@ def test_sighup_reload_switches_routes(gateway_factory, upstream, http):
     assert http.get(gw.url + "/old/echo").status_code == 200
     status = gw.reload_config(_config(upstream.port, "/new"))
     assert status["reloads"] == 1
+    # config_hash changes once every worker serves the new configuration, not before
+    assert status["pending_config_hash"] is None
     assert http.get(gw.url + "/new/echo").status_code == 200
     r = http.get(gw.url + "/old/echo")
     assert r.status_code == 404
