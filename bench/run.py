@@ -32,6 +32,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,7 @@ from servers import (HOST, UPSTREAM_BODY, BenchError, Proc, check_proxies_body, 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"rps_ratio_min": 0.6, "cpu_ratio_max": 1.7}
 # a scenario's req/s as a ratio to guichet's bare route (issue 3: the auth route)
-SCENARIO_TARGETS = {"auth": 0.8}
+SCENARIO_TARGETS = {"auth": 0.8}  # rate-limiting's ratios are reported without a target
 DEFAULT_GUICHET_CMD = (
     "{python} -m guichet run --config {config} --listen 127.0.0.1:{port}"
     " --admin-listen 127.0.0.1:{admin_port} --workers {workers}"
@@ -75,11 +76,16 @@ class Scenario:
     top_level: dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
     vs_nginx: bool = False
+    needs: tuple = ()  # services it needs ("redis"); skipped with the reason when absent
 
 
 # Extension point: append scenarios here (plugins, rate limiting...). The first one is the
 # baseline that every other scenario is compared with.
 BENCH_KEY = "bench-key-0123456789abcdef"
+# the Redis of the ratelimit-redis scenario (host:port)
+_REDIS_HOST, _, _REDIS_PORT = os.environ.get("GUICHET_BENCH_REDIS",
+                                             "127.0.0.1:6379").rpartition(":")
+BENCH_REDIS = (_REDIS_HOST or "127.0.0.1", int(_REDIS_PORT))
 SCENARIOS: list[Scenario] = [
     Scenario(name="bare", path="/", vs_nginx=True),
     # issue 3's cost target: this route at >= 0.8x the bare route's requests/s
@@ -94,6 +100,22 @@ SCENARIOS: list[Scenario] = [
         top_level={"consumers": [{"username": "bench",
                                   "keyauth_credentials": [{"key": BENCH_KEY}]}]},
         headers={"apikey": BENCH_KEY},
+    ),
+    # issue 4: the cost of rate-limiting, counters in the node table and in Redis (a limit
+    # no run reaches: every request is counted and admitted)
+    Scenario(
+        name="ratelimit-local",
+        path="/ratelimit-local",
+        route={"plugins": [{"name": "rate-limiting",
+                            "config": {"second": 100_000_000, "policy": "local"}}]},
+    ),
+    Scenario(
+        name="ratelimit-redis",
+        path="/ratelimit-redis",
+        route={"plugins": [{"name": "rate-limiting", "config": {
+            "second": 100_000_000, "policy": "redis",
+            "redis": {"host": BENCH_REDIS[0], "port": BENCH_REDIS[1]}}}]},
+        needs=("redis",),
     ),
 ]
 
@@ -113,6 +135,22 @@ def guichet_config(upstream_port: int, scenarios: list[Scenario]) -> dict:
         {"name": "bench", "url": f"http://{HOST}:{upstream_port}", "routes": routes}
     ]
     return config
+
+
+def drop_unavailable_scenarios(log) -> None:
+    """Remove the scenarios whose services do not answer, saying why."""
+    kept = []
+    for sc in SCENARIOS:
+        if "redis" in sc.needs:
+            try:
+                with socket.create_connection(BENCH_REDIS, timeout=1.0):
+                    pass
+            except OSError as exc:
+                log(f"skipping scenario {sc.name}: Redis is not reachable at "
+                    f"{BENCH_REDIS[0]}:{BENCH_REDIS[1]} ({exc}; set GUICHET_BENCH_REDIS=host:port)")
+                continue
+        kept.append(sc)
+    SCENARIOS[:] = kept
 
 
 def write_yaml(path: Path, data: dict) -> None:
@@ -401,6 +439,7 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    drop_unavailable_scenarios(log)
     ports = free_ports(1 + 3 * len(args.workers))
     report = {
         "machine": {

@@ -23,6 +23,15 @@ Rules:
 - ``close()`` cancels every DNS watch and drops the resolver, so a closed balancer is
   garbage as soon as the last request using it ends; selection keeps working on the last
   known peers meanwhile (a request that outlives a reload can still retry).
+- Health checks and circuit breakers (``guichet.health``): an upstream that uses either
+  gets an ``UpstreamHealth`` (``health``) from the worker's registry, shared with the
+  balancers of other snapshots. Each peer then carries its ``TargetRecord`` and an
+  ``available`` flag; ``refresh_health`` (called when a target turns healthy or
+  unhealthy, or a circuit opens or closes) rebuilds the picker over available peers
+  only (consistent hashing keeps its ring and walks past unavailable peers). As in Kong,
+  the balancer as a whole is unhealthy, and ``select`` returns None, when the weight of
+  healthy peers is not above ``healthchecks.threshold`` percent of the total weight (with
+  the default 0: when no peer is healthy). ``retry_after`` says when a peer may be back.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from guichet.balancing.peers import HashInput, Peer, Selection
 from guichet.balancing.round_robin import RoundRobin
 from guichet.config.model import Service, Target, Upstream
 from guichet.dns import Address, Resolver, Watch
+from guichet.health.registry import HealthRegistry, UpstreamHealth
 
 __all__ = [
     "Balancer",
@@ -77,7 +87,8 @@ def _make_picker(upstream: Upstream) -> RoundRobin | LeastConnections | Consiste
 
 class Balancer:
     __slots__ = (
-        "name", "upstream", "_picker", "_targets", "_resolver", "_peers", "_state", "__weakref__"
+        "name", "upstream", "_picker", "_targets", "_resolver", "_peers", "_state", "health",
+        "_serving", "__weakref__"
     )
 
     def __init__(
@@ -87,6 +98,7 @@ class Balancer:
         targets: list[_TargetState],
         resolver: Resolver,
         upstream: Upstream | None = None,
+        health: UpstreamHealth | None = None,
     ) -> None:
         self.name = name
         self.upstream = upstream
@@ -95,6 +107,8 @@ class Balancer:
         self._resolver: Resolver | None = resolver
         self._peers: tuple[Peer, ...] = ()
         self._state = "new"  # new -> started -> closed
+        self.health = health
+        self._serving = True  # False: the threshold says the whole upstream is unhealthy
         for state in targets:
             if is_ip(state.host):
                 itself = Address(state.host, state.port, None, math.inf)
@@ -108,7 +122,14 @@ class Balancer:
     def select(
         self, key_source: HashInput | None = None, tried: Collection[Peer] = ()
     ) -> Selection | None:
+        if not self._serving:
+            return None
         return self._picker.select(key_source, tried)
+
+    def retry_after(self) -> int:
+        """Seconds a client should wait after ``select`` found nothing (Retry-After)."""
+        health = self.health
+        return 1 if health is None else health.retry_after(self._peers)
 
     def acquire(self, peer: Peer) -> None:
         peer.inflight += 1
@@ -145,6 +166,8 @@ class Balancer:
 
     async def close(self) -> None:
         self._state = "closed"
+        if self.health is not None:
+            self.health.detach(self)
         for state in self._targets:
             if state.watch is not None:
                 state.watch.cancel()
@@ -189,7 +212,49 @@ class Balancer:
             if peer.selection is None:
                 peer.selection = Selection(peer)
         self._peers = peers
-        self._picker.update(peers)
+        if self.health is None:
+            self._picker.update(peers)
+            return
+        self.health.attach(self, peers, self._unresolved())
+        if isinstance(self._picker, ConsistentHashing):
+            self._picker.update(peers)  # the ring holds every peer; select walks past
+        self.refresh_health()
+
+    # -- health ----------------------------------------------------------------------
+
+    def _unresolved(self) -> list[str]:
+        return [f"{s.host}:{s.port}" for s in self._targets if not s.peers and not is_ip(s.host)]
+
+    def attach_health(self) -> None:
+        """This balancer is now the one serving its upstream: its addresses decide which
+        target records exist."""
+        if self.health is not None and self._state != "closed":
+            self.health.attach(self, self._peers, self._unresolved())
+            self.refresh_health()
+
+    def refresh_health(self) -> None:
+        """Rebuild the view of available peers and the upstream's overall health."""
+        health = self.health
+        if health is None:
+            return
+        peers = self._peers
+        total = up = 0
+        live = []
+        for peer in peers:
+            record = peer.health
+            peer.available = available = record is None or record.available
+            if available:
+                live.append(peer)
+            if peer.weight > 0:
+                total += peer.weight
+                if record is None or record.health.up:
+                    up += peer.weight
+        if health.checks_enabled:
+            self._serving = total > 0 and up * 100 > health.checks.threshold * total
+        else:
+            self._serving = True
+        if not isinstance(self._picker, ConsistentHashing):
+            self._picker.update(live)
 
 
 def _target_host(host: str) -> str:
@@ -197,9 +262,11 @@ def _target_host(host: str) -> str:
 
 
 def build_balancer(
-    service: Service, upstreams_by_name: Mapping[str, Upstream], resolver: Resolver
+    service: Service, upstreams_by_name: Mapping[str, Upstream], resolver: Resolver,
+    health: HealthRegistry | None = None,
 ) -> Balancer:
-    """The balancer for ``service`` (not started: ``await balancer.start()`` next)."""
+    """The balancer for ``service`` (not started: ``await balancer.start()`` next); with
+    ``health``, an upstream's balancer is health-checked as its config says."""
     upstream = upstreams_by_name.get(service.host)
     if upstream is None:
         host = _target_host(service.host)
@@ -210,11 +277,13 @@ def build_balancer(
         for t in upstream.targets
         if t.weight > 0
     ]
-    return Balancer(upstream.name, _make_picker(upstream), targets, resolver, upstream)
+    checker = health.lookup(upstream) if health is not None else None
+    return Balancer(upstream.name, _make_picker(upstream), targets, resolver, upstream, checker)
 
 
 def build_balancers(
-    services: Iterable[Service], upstreams_by_name: Mapping[str, Upstream], resolver: Resolver
+    services: Iterable[Service], upstreams_by_name: Mapping[str, Upstream], resolver: Resolver,
+    health: HealthRegistry | None = None,
 ) -> dict[str, Balancer]:
     """One balancer per service id; services naming the same upstream share one, as in
     Kong (so least-connections counts and the round-robin position are per upstream)."""
@@ -223,7 +292,8 @@ def build_balancers(
     for service in services:
         if service.host in upstreams_by_name:
             if service.host not in shared:
-                shared[service.host] = build_balancer(service, upstreams_by_name, resolver)
+                shared[service.host] = build_balancer(service, upstreams_by_name, resolver,
+                                                      health)
             result[service.id] = shared[service.host]
         else:
             result[service.id] = build_balancer(service, upstreams_by_name, resolver)

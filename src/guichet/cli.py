@@ -6,6 +6,9 @@
                   [--workers N] [--cert F --key F] [--settings FILE] [--log-level L]
     guichet check --config FILE [--settings FILE]
                                          exit 0, or print every error and exit 1
+    guichet usage --config FILE [--settings FILE] [--consumer NAME] [--json]
+                                         usage plans: each consumer's quota used in the
+                                         current window, read from the usage store
     guichet demo  [--port P] [--admin-port P]
                                          the gateway on an example config, in front of a
                                          built-in upstream; Ctrl-C stops everything
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import Any
 
 from guichet import __version__
 from guichet.errors import ConfigError
@@ -41,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a configuration file")
     check.add_argument("--config", "-c", required=True)
     check.add_argument("--settings", help="node settings file (for its custom plugins)")
+
+    usage = sub.add_parser("usage", help="show usage plans' quota use per consumer")
+    usage.add_argument("--config", "-c", required=True)
+    usage.add_argument("--settings", help="node settings file (its usage_store is read)")
+    usage.add_argument("--consumer", help="only this consumer (username or id)")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="run the gateway on an example in front of a built-in upstream")
     demo.add_argument("--port", type=int, default=8000)
@@ -68,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"guichet: invalid settings:\n{exc}", file=sys.stderr)
         return 1
+    settings = _with_usage_store(settings, args.config)
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s master %(levelname)s %(name)s: %(message)s")
@@ -114,12 +126,63 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_usage_store(settings: Any, config_path: str) -> Any:
+    """A relative sqlite usage_store is relative to the declarative config's directory."""
+    from guichet.quotas import resolve_store_url
+
+    url = resolve_store_url(settings.usage_store, os.path.dirname(config_path) or ".")
+    return settings.model_copy(update={"usage_store": url})
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from guichet.config.loader import load_config_file
+    from guichet.plugins.registry import PluginLoadError, Registry
+    from guichet.quotas import QuotaStoreUnavailable, redact
+    from guichet.quotas.usage import rows, table
+    from guichet.settings import load_settings
+
+    try:
+        settings = _with_usage_store(load_settings(args.settings), args.config)
+        registry = Registry(settings.plugins)
+        config = load_config_file(args.config, plugin_schemas=registry.schemas())
+    except ConfigError as exc:
+        print(f"guichet: {exc}", file=sys.stderr)
+        return 1
+    except PluginLoadError as exc:
+        print(f"guichet: plugins setting: {exc}", file=sys.stderr)
+        return 1
+    try:
+        found = asyncio.run(rows(config, settings.usage_store, consumer=args.consumer,
+                                 timeout=settings.usage_store_timeout))
+    except QuotaStoreUnavailable as exc:
+        print(f"guichet: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a store client's own error, shown redacted
+        print(f"guichet: cannot read {redact(settings.usage_store)}: {type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    if args.consumer is not None and not found:
+        print(f"guichet: consumer '{args.consumer}' is in no usage plan", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(table(found))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
     if args.command == "check":
         return _check(args)
+    if args.command == "usage":
+        return _usage(args)
     from guichet.demo import run_demo
 
     return run_demo(args.port, args.admin_port)

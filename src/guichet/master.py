@@ -9,6 +9,9 @@
   Otherwise every worker compiles and swaps it.
 * SIGTERM / SIGINT: workers drain (stop accepting, finish in flight within
   ``drain_timeout``), then the master exits 0.
+* Health checks: worker 0 runs them for the node; the master keeps its target states
+  (``/status`` → ``upstreams``) and relays them to the other workers
+  (``guichet.health.relay``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from guichet.plugins.env import BuildEnv
 from guichet.plugins.registry import PluginLoadError, Registry
 from guichet.plugins.stores import Stores
 from guichet.errors import ConfigError
+from guichet.health.relay import OPS as HEALTH_OPS, HealthRelay
+from guichet.limits.node import NodeTable
 from guichet.settings import Settings, parse_hostport
 from guichet.worker import _parse_listener, worker_main
 
@@ -48,6 +53,7 @@ class WorkerHandle:
         self.started_at = 0.0
         self.spawned_with = ""  # the config hash the worker was started with
         self.serving = ""  # the config hash the worker says it serves (after ready/reloaded)
+        self.tally: dict[str, dict[str, int]] = {}  # its rate-limit counters' last tally
 
 
 class Master:
@@ -67,6 +73,10 @@ class Master:
         self._text_digest = ""
         self._failures: list[str] = []
         self._exit_code = 0
+        self.tally_retired: dict[str, dict[str, int]] = {}  # tallies of workers that died
+        self.health = HealthRelay()  # worker 0's target states, relayed to the others
+        # the rate-limit node table every worker maps (created in main, unlinked at exit)
+        self.node_table: NodeTable | None = None
 
     # -- start ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -105,7 +115,7 @@ class Master:
         proc = self.ctx.Process(
             target=worker_main,
             args=(self.settings, self.text, self.config_path, child, self.stats, handle.index,
-                  self.log_level),
+                  self.log_level, self.node_table.path if self.node_table else None),
             name=f"guichet-worker-{handle.index}",
             daemon=False,
         )
@@ -127,6 +137,11 @@ class Master:
                     handle.ready = True
                     handle.serving = handle.spawned_with
                     log.info("worker %d (pid %s) is listening", handle.index, msg.get("pid"))
+                    self.health.worker_ready(handle)
+                elif op == "tally":
+                    handle.tally = msg.get("counters") or {}
+                elif op in HEALTH_OPS:
+                    self.health.on_message(handle, msg, self.workers)
                 elif op == "failed":
                     self._failures.append(msg.get("error", "worker failed"))
                     log.error("worker %d failed: %s", handle.index, msg.get("error"))
@@ -210,13 +225,25 @@ class Master:
             "workers": len(alive),
             "worker_pids": [h.process.pid for h in alive],
             "connections": int(sum(self.stats[:])),
+            "upstreams": self.health.status(),  # target health, as worker 0 last said
+            "rate_limiting": self.rate_limiting(),
         }
         return (200 if ready else 503), payload
+
+    def rate_limiting(self) -> dict[str, dict[str, int]]:
+        """The counter backends' decisions summed over workers, since the node started
+        (``fault_tolerant_passed``, ``redis_errors`` ...; reported once a second)."""
+        total: dict[str, dict[str, int]] = {}
+        for tally in (self.tally_retired, *(h.tally for h in self.workers)):
+            _add_tally(total, tally)
+        return total
 
     # -- main loop -----------------------------------------------------------------
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         self._text_digest = hashlib.sha256(self.text.encode()).hexdigest()
+        if self.node_table is None:
+            self.node_table = NodeTable.create(self.settings.limits_node_slots)
         for handle in self.workers:
             self.spawn(handle)
         host, port = parse_hostport(self.settings.admin_listen)
@@ -249,6 +276,10 @@ class Master:
                 proc = handle.process
                 if proc is not None and not proc.is_alive() and not self.stopping:
                     log.error("worker %d exited with %s; restarting", handle.index, proc.exitcode)
+                    _add_tally(self.tally_retired, handle.tally)
+                    handle.tally = {}
+                    if self.node_table is not None:  # its concurrency slots and queue places
+                        self.node_table.reclaim(proc.pid)
                     try:
                         asyncio.get_running_loop().remove_reader(handle.conn.fileno())
                     except (OSError, ValueError):
@@ -277,6 +308,13 @@ class Master:
         return self._exit_code
 
 
+def _add_tally(total: dict[str, dict[str, int]], tally: dict[str, dict[str, int]]) -> None:
+    for backend, counts in tally.items():
+        into = total.setdefault(backend, {})
+        for name, value in counts.items():
+            into[name] = into.get(name, 0) + value
+
+
 def _read(path: str) -> str:
     with open(path, "rb") as fh:
         return fh.read().decode("utf-8")
@@ -301,4 +339,9 @@ def run_master(settings: Settings, config_path: str, log_level: int = logging.IN
 
     master = Master(settings, config_path, log_level)
     master.prepare()
-    return uvloop.run(master.main())
+    try:
+        return uvloop.run(master.main())
+    finally:
+        if master.node_table is not None:
+            master.node_table.close()
+            master.node_table.unlink()

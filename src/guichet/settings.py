@@ -80,12 +80,31 @@ class Settings(BaseModel):
     # verifications may wait before further attempts get 503
     password_verify_threads: int = Field(2, ge=1, le=64)
     password_verify_max_pending: int = Field(64, ge=1)
+    # usage plans' quota counters (docs/usage-plans.md): sqlite:///FILE (relative to the
+    # declarative config's directory), redis://HOST:PORT/DB or postgresql://HOST/DB; the
+    # URL may hold a password, so it is never shown whole
+    usage_store: str = Field("sqlite:///guichet-usage.db", repr=False)
+    usage_store_timeout: float = Field(2.0, gt=0, le=60)
+    # rate-limit counters of the ``local`` policy, shared by the node's workers: slots of
+    # the node table (64 bytes each; 65536 = 4 MiB), see docs/operations.md
+    limits_node_slots: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
 
     @field_validator("trusted_ips")
     @classmethod
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("usage_store")
+    @classmethod
+    def _usage_store(cls, value: str) -> str:
+        from guichet.quotas import StoreUrlError, parse_store_url, redact
+
+        try:
+            parse_store_url(value)
+        except StoreUrlError as exc:
+            raise ValueError(f"{exc} (got {redact(value)})") from None
         return value
 
     @field_validator("listen")

@@ -20,6 +20,8 @@ from typing import Any
 from guichet.balancer import Balancer, build_balancers
 from guichet.config.model import Config, Service
 from guichet.dns import Resolver
+from guichet.health.backoff import RetryBackoff
+from guichet.health.registry import HealthRegistry
 from guichet.plugins.chain import ChainTable, build_instances
 from guichet.plugins.consumers import ConsumerDirectory
 from guichet.plugins.env import BuildEnv
@@ -35,7 +37,7 @@ _versions = itertools.count(1)
 class CompiledService:
     __slots__ = ("service", "balancer", "tls", "verify", "connect_timeout", "read_timeout",
                  "write_timeout", "retries", "_host_header", "_hosts", "_default_port",
-                 "_pool_keys", "path", "counts_inflight", "_paths")
+                 "_pool_keys", "path", "counts_inflight", "_paths", "backoff")
 
     def __init__(self, service: Service, balancer: Balancer, host_header: str | None,
                  counts_inflight: bool = False) -> None:
@@ -49,6 +51,8 @@ class CompiledService:
         self.read_timeout = service.read_timeout / 1000.0
         self.write_timeout = service.write_timeout / 1000.0
         self.retries = service.retries
+        # the wait before each retry (guichet's retry_backoff); None: retry at once
+        self.backoff = RetryBackoff.from_dict(getattr(service, "retry_backoff", None))
         self.path = service.path
         self._host_header = host_header.encode() if host_header else None
         self._default_port = _DEFAULT_PORTS.get(service.protocol, 80)
@@ -111,6 +115,10 @@ class Snapshot:
         self.certificates = config.certificates
         self._closed = False
 
+    def balancers(self) -> list[Balancer]:
+        """Each balancer once (services naming one upstream share its balancer)."""
+        return list({id(s.balancer): s.balancer for s in self.services.values()}.values())
+
     async def start(self) -> None:
         for balancer in {id(s.balancer): s.balancer for s in self.services.values()}.values():
             await balancer.start()
@@ -133,17 +141,20 @@ class Snapshot:
 
 
 def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry | None = None,
-                     settings: Any = None, stores: Stores | None = None) -> Snapshot:
+                     settings: Any = None, stores: Stores | None = None,
+                     counters: Any = None, health: HealthRegistry | None = None) -> Snapshot:
     """Compile ``config``; plugins come from ``registry`` (bundled ones by default) and
-    keep their long-lived state in the worker's ``stores``."""
-    env = BuildEnv(ConsumerDirectory(config), settings, stores if stores is not None else Stores())
+    keep their long-lived state in the worker's ``stores``; upstreams' health checks and
+    circuit breakers keep theirs in the worker's ``health`` registry (none without it)."""
+    env = BuildEnv(ConsumerDirectory(config), settings, stores if stores is not None else Stores(),
+                   counters)
     chains = ChainTable(config, build_instances(config, registry or default_registry(), env))
     upstreams = {u.name: u for u in config.upstreams}
     services: dict[str, CompiledService] = {}
     enabled = [s for s in config.services if s.enabled]
     # Services naming the same upstream share one balancer (Kong), so least-connections
     # counts are per upstream.
-    balancers = build_balancers(enabled, upstreams, resolver)
+    balancers = build_balancers(enabled, upstreams, resolver, health)
     for service in enabled:
         upstream = upstreams.get(service.host)
         services[service.id] = CompiledService(

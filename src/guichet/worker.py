@@ -9,6 +9,10 @@ connections over workers. The master talks to it over a pipe:
   closed when none is left.
 * worker → master: ``{"op": "ready"}`` once listening, ``{"op": "reloaded", "hash": ...,
   "error": ...}`` after each reload.
+* worker → master: ``{"op": "tally", "counters": ...}`` when the rate-limit counters'
+  tally changed (at most once a second): what ``/status`` shows under ``rate_limiting``.
+* health checks, both ways: ``health_state``, ``health_report``, ``health_sync`` (see
+  ``guichet.health.relay``); worker 0 leads (probes and counters), the master relays.
 
 SIGTERM/SIGINT: stop accepting, answer what is in flight with ``Connection: close``, close
 idle keep-alive connections, and exit when no connection is left or after
@@ -31,6 +35,9 @@ from guichet.config.loader import load_config_text
 from guichet.balancing.dns_files import parse_nameservers
 from guichet.dns import Resolver
 from guichet.errors import ConfigError
+from guichet.health.registry import HealthRegistry
+from guichet.limits.backends import CounterBackends
+from guichet.plugins.bundled.usage_plans import STORE_NAME as USAGE_PLANS_STORE
 from guichet.plugins.registry import Registry
 from guichet.plugins.stores import Stores
 from guichet.server.headers import TrustedNetworks
@@ -46,6 +53,7 @@ log = logging.getLogger("guichet.worker")
 # instead of calling loop.time() several times per request.
 SWEEP_INTERVAL = 0.25
 STORES_SWEEP_INTERVAL = 30.0
+TALLY_EVERY = 4  # sweeps between reports of the counters' tally to the master (1 s)
 
 
 class Runtime:
@@ -53,10 +61,16 @@ class Runtime:
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, snapshot: Snapshot,
                  resolver: Resolver, stats: Any = None, index: int = 0, *,
-                 registry: Registry | None = None, stores: Stores | None = None) -> None:
+                 registry: Registry | None = None, stores: Stores | None = None,
+                 counters: CounterBackends | None = None,
+                 health: HealthRegistry | None = None) -> None:
         self.settings = settings
+        # upstream health and circuits: outlive reloads; worker 0 leads (probes, counters)
+        self.health = health if health is not None else HealthRegistry(leader=index == 0)
         self.registry = registry if registry is not None else Registry(settings.plugins)
         self.stores = stores if stores is not None else Stores()
+        # rate-limit counters (node table, Redis clients): like stores, they outlive reloads
+        self.counters = counters if counters is not None else CounterBackends()
         self.stores_sweep_at = loop.time() + STORES_SWEEP_INTERVAL
         self.loop = loop
         self.now = loop.time()
@@ -88,7 +102,8 @@ class Runtime:
 
     def compile(self, config: Any) -> Snapshot:
         return compile_snapshot(config, self.resolver, registry=self.registry,
-                                settings=self.settings, stores=self.stores)
+                                settings=self.settings, stores=self.stores,
+                                counters=self.counters, health=self.health)
 
     def sni_of(self, sslobj: Any) -> str | None:
         return getattr(sslobj, "guichet_sni", None)
@@ -110,6 +125,7 @@ class Runtime:
         await snap.start()
         old = self.snapshot
         self.snapshot = snap  # the swap: one reference, no await since the check
+        self.health.adopt(snap.balancers())  # its upstreams' health becomes current
         self.certs.update(snap.certificates)
         self.retired.append(old)
         return config.hash, None
@@ -158,7 +174,7 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(settings: Settings, config_text: str, source: str, control: Any,
-                stats: Any, index: int) -> None:
+                stats: Any, index: int, counters_path: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     resolver = Resolver(
         nameservers=parse_nameservers(",".join(settings.dns_resolver)) if settings.dns_resolver else None,
@@ -171,12 +187,15 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
     )
     registry = Registry(settings.plugins)
     stores = Stores()
+    counters = CounterBackends.for_node(counters_path)  # the master's node table
+    health = HealthRegistry(leader=index == 0, send=control.send)
     config = load_config_text(config_text, source, plugin_schemas=registry.schemas())
     snapshot = compile_snapshot(config, resolver, registry=registry, settings=settings,
-                                stores=stores)
+                                stores=stores, counters=counters, health=health)
     await snapshot.start()
+    health.adopt(snapshot.balancers())
     rt = Runtime(settings, loop, snapshot, resolver, stats, index, registry=registry,
-                 stores=stores)
+                 stores=stores, counters=counters, health=health)
 
     servers = []
     for item in settings.listen:
@@ -200,6 +219,8 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
             control.send({"op": "reloaded", "hash": digest, "error": error, "index": index})
         elif msg.get("op") == "stop":
             stop.set()
+        elif str(msg.get("op")).startswith("health_"):
+            rt.health.on_message(msg)  # target states from worker 0, or events for it
 
     def readable() -> None:
         try:
@@ -211,9 +232,20 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
     loop.add_reader(control.fileno(), readable)
 
     async def sweeper() -> None:
+        sent: dict[str, dict[str, int]] = {}
+        ticks = 0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             rt.sweep()
+            ticks += 1
+            if ticks % TALLY_EVERY == 0:  # counter decisions, for the master's /status
+                tally = rt.counters.tally()
+                plans = rt.stores.get(USAGE_PLANS_STORE).get("tally")
+                if plans:  # quota store / throttle decisions of usage plans
+                    tally["usage-plans"] = dict(plans)
+                if tally != sent:
+                    sent = tally
+                    control.send({"op": "tally", "index": index, "counters": tally})
 
     sweep_task = loop.create_task(sweeper())
     control.send({"op": "ready", "index": index, "pid": os.getpid()})
@@ -239,8 +271,10 @@ async def serve(settings: Settings, config_text: str, source: str, control: Any,
         loop.remove_reader(control.fileno())
     except (OSError, ValueError):
         pass
+    rt.health.close()
     await rt.snapshot.close()
     await resolver.close()
+    await counters.close()
 
 
 def _parse_listener(item: str) -> tuple[str, int, bool]:
@@ -257,7 +291,7 @@ def _parse_listener(item: str) -> tuple[str, int, bool]:
 
 
 def worker_main(settings: Settings, config_text: str, source: str, control: Any, stats: Any,
-                index: int, log_level: int) -> None:
+                index: int, log_level: int, counters_path: str | None = None) -> None:
     """Entry point of a worker process (spawned by the master)."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{index}] %(levelname)s %(name)s: %(message)s")
@@ -268,7 +302,7 @@ def worker_main(settings: Settings, config_text: str, source: str, control: Any,
     import uvloop
 
     try:
-        uvloop.run(serve(settings, config_text, source, control, stats, index))
+        uvloop.run(serve(settings, config_text, source, control, stats, index, counters_path))
     except ConfigError as exc:
         control.send({"op": "failed", "index": index, "error": str(exc)})
         sys.exit(1)

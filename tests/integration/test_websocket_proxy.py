@@ -15,6 +15,7 @@ from websockets.sync.server import serve
 
 from support.gateway import free_port
 from support.rawhttp import RawConnection
+from support.test_plugins import plugin_env
 
 
 class WsUpstream:
@@ -141,3 +142,26 @@ def test_upstream_with_wrong_accept_is_a_502(gateway_factory):
         resp = conn.read_response()
     assert resp.status == 502
     lsock.close()
+
+
+def test_log_phase_runs_once_when_the_tunnel_ends(gateway_factory, ws_upstream, tmp_path):
+    """A WebSocket's request ends with its tunnel: the log hooks run then (not at the 101,
+    not never), once, with status 101 — so a plugin releasing something there (a
+    concurrency slot) gets it back."""
+    log_path = tmp_path / "requests.log"
+    config = _config(ws_upstream.port) + f"""
+plugins:
+- name: file-log-test
+  config: {{path: "{log_path}"}}
+"""
+    gw = gateway_factory(config, env=plugin_env("FileLog"))
+    with connect(f"ws://127.0.0.1:{gw.port}/ws") as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        time.sleep(0.2)
+        assert not log_path.exists() or log_path.read_text() == ""  # still open: not logged
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (log_path.exists() and log_path.read_text()):
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert log_path.read_text().splitlines() == ["101 ws -"]

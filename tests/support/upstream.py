@@ -511,3 +511,128 @@ class UpstreamServer:
                 writer.write(b"0\r\n\r\n")
         await writer.drain()
         return keep_alive
+
+
+# ---- an upstream in a process of its own, to kill and restart ----------------------------
+# A tiny keep-alive HTTP/1.1 server run with ``python -c``: no import of this package, so it
+# starts fast. argv: port, upstream id, log file, health status, fail status (0: none).
+# ``/health`` answers the health status; ``/status/<code>`` that code; ``/delay/<ms>`` 200
+# after a delay; ``/close-before-response`` closes without an answer; any other path the
+# fail status when set, else 200. Every answer is JSON with the upstream id; every request
+# is logged as "METHOD PATH" (one line, flushed) before it is answered.
+_PROCESS_SCRIPT = r'''
+import asyncio, json, re, socket, sys
+port, uid, log_path, health, fail = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+log = open(log_path, "a", buffering=1)
+async def serve(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+            length = int(headers.get("content-length", "0") or 0)
+            if length:
+                await reader.readexactly(length)
+            path = target.split("?")[0]
+            log.write(f"{method} {path}\n")
+            keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+            status = 200
+            found = re.search(r"/(status|delay)/(\d+)$", path)
+            if path.endswith("/close-before-response"):
+                return
+            if path.endswith("/health"):
+                status = health
+            elif found and found.group(1) == "status":
+                status = int(found.group(2))
+            elif found:
+                await asyncio.sleep(int(found.group(2)) / 1000)
+            elif fail:
+                status = fail
+            body = json.dumps({"upstream_id": uid, "path": path, "method": method}).encode()
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nX-Upstream-Id: %s\r\nContent-Length: %d\r\n%s\r\n"
+                         % (status, uid.encode(), len(body), b"" if keep else b"Connection: close\r\n") + body)
+            await writer.drain()
+            if not keep:
+                return
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = await asyncio.start_server(serve, sock=sock, backlog=256)
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+'''
+
+
+class UpstreamProcess:
+    """An upstream HTTP server in its own process on a fixed loopback port: ``kill()`` it
+    (SIGKILL, as a crash) and ``start()`` it again on the same port. ``requests()`` lists
+    what reached it ("METHOD PATH"), across restarts, until ``clear()``."""
+
+    def __init__(self, upstream_id: str, workdir, port: int | None = None) -> None:
+        import pathlib
+
+        from support.gateway import free_port
+
+        self.upstream_id = upstream_id
+        self.port = port or free_port()
+        self.log_path = pathlib.Path(workdir) / f"upstream-{upstream_id}-{self.port}.log"
+        self.log_path.touch()
+        self.proc = None
+
+    def start(self, *, health: int = 200, fail: int = 0, timeout: float = 10.0) -> "UpstreamProcess":
+        import subprocess
+        import sys
+
+        self.kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PROCESS_SCRIPT, str(self.port), self.upstream_id,
+             str(self.log_path), str(health), str(fail)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"upstream process {self.upstream_id} exited at start")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"upstream process {self.upstream_id} did not listen in time")
+
+    def kill(self) -> None:
+        import signal as _signal
+
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(_signal.SIGKILL)
+        if proc is not None:
+            proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    stop = kill
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def requests(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def proxied(self) -> list[str]:
+        """Requests other than health probes."""
+        return [line for line in self.requests() if not line.endswith("/health")]
+
+    def clear(self) -> None:
+        self.log_path.write_text("")

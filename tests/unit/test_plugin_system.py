@@ -154,7 +154,8 @@ def test_every_bundled_plugin_has_its_kong_priority_and_they_are_unique():
                 "oauth2-introspection": 1700, "jwt": 1450, "key-auth": 1250,
                 "basic-auth": 1100, "jwt-jwks": 1050, "hmac-auth": 1030,
                 "ip-restriction": 990, "request-size-limiting": 951, "acl": 950,
-                "request-termination": 2}
+                "request-termination": 2, "rate-limiting": 910, "concurrency-limiting": 907,
+                "usage-plans": 905}
     registry = Registry(["bundled"])
     found = {name: registry.plugin_class(name).priority for name in BUNDLED}
     assert found == expected
@@ -264,3 +265,24 @@ def test_stores_are_shared_by_name():
     stores = Stores()
     assert stores.get("x") is stores.get("x")
     assert stores.get("x") is not stores.get("y")
+
+
+def test_each_instance_knows_its_entity_id_and_ids_are_stable_across_loads():
+    """Plugins that name shared counters (rate-limiting) key them by ``entity_id``: two
+    identical plugins on two routes get two ids, and loading the same text again (another
+    worker, another node, a reload) gives the same ids."""
+    text = """
+services:
+- name: s
+  url: http://127.0.0.1:1
+  routes:
+  - {name: a, paths: [/a], plugins: [{name: rate-limiting, config: {minute: 5}}]}
+  - {name: b, paths: [/b], plugins: [{name: rate-limiting, config: {minute: 5}}]}
+"""
+    ids = []
+    for _ in range(2):
+        table, config = compiled(text)
+        instances = table._instances
+        assert all(inst.entity_id == eid for eid, inst in instances.items())
+        ids.append(sorted(instances))
+    assert len(ids[0]) == 2 and ids[0] == ids[1]

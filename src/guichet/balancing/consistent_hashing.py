@@ -16,7 +16,9 @@ Rules:
   it, wrapping around (Kong walks its continuum downwards): O(log n) with bisection on
   the sorted point positions, built once per address-set change.
 - A key whose peer was already tried or is marked refused goes on downwards to the next
-  usable peer (see ``peers.pick_usable``).
+  usable peer (see ``peers.pick_usable``). An unavailable peer (unhealthy, open circuit)
+  stays on the ring and is walked past, as Kong does: when it comes back, its keys come
+  back to it.
 """
 
 from __future__ import annotations
@@ -82,10 +84,14 @@ class ConsistentHashing:
         value, cookie = self._key.read(key_source)
         index = bisect_right(self._positions, hash64(value) % self._slots) - 1
         peer = owners[index]
-        if peer.down_until or (tried and peer in tried):
+        if not peer.available or peer.down_until or (tried and peer in tried):
             count = len(owners)
-            onwards = (owners[(index - step) % count] for step in range(count))
-            peer = pick_usable(onwards, tried, time.monotonic())
+            onwards = (p for p in (owners[(index - step) % count] for step in range(count))
+                       if p.available)
+            found = pick_usable(onwards, tried, time.monotonic())
+            if found is None:
+                return None
+            peer = found
         if cookie is None:
             return peer.selection
         return Selection(peer, cookie)

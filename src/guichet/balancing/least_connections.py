@@ -12,6 +12,8 @@ Rules:
   cross-multiplication, in integers, so there are no float ties.
 - A top peer already tried or marked refused is passed over for the next lightest one
   (see ``peers.pick_usable``); that slower path sorts the peers by load.
+- The heap holds only available peers (rebuilt by the balancer when health or a circuit
+  changes), so an unhealthy peer costs nothing per request.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ Rules:
 - ``hostname`` is what Kong calls the balancer's hostname: the upstream's ``host_header``
   when set, else the target's name (the SRV record's target name with ``use_srv_name``),
   else the IP itself. The proxy uses it for ``Host`` (unless ``preserve_host``) and SNI.
+- A peer whose target is unhealthy or whose circuit is open (``available`` false) is
+  never picked: round-robin and least-connections leave it out of their wheel or heap,
+  consistent hashing walks past it on the ring.
 - Skipping, in order of preference (``pick_usable``): a peer neither in ``tried`` nor
   marked refused; else one not in ``tried`` even if marked refused (every peer marked:
   still try rather than fail); else one already tried and not marked; else any peer (a
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from guichet.config.model import Target
+    from guichet.health.registry import TargetRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +48,11 @@ class Peer:
     # tick of the last time the peer was picked (ties go to the least recently picked).
     heap_index: int = field(default=-1, repr=False)
     picked: int = field(default=0, repr=False)
+    # Health checks and circuit breaker (``guichet.health.registry.TargetRecord``), set
+    # when the upstream uses either; ``available`` mirrors it for the pickers: an
+    # unavailable peer is never picked (unlike one marked refused).
+    health: "TargetRecord | None" = field(default=None, repr=False)
+    available: bool = True
 
     @property
     def address(self) -> str:

@@ -13,6 +13,8 @@ Rules:
 - ``select`` advances one slot: O(1), no allocation. A slot whose peer was already tried
   or is marked refused is passed over (see ``peers.pick_usable``), scanning the wheel
   onward from there.
+- The wheel holds only available peers (the balancer rebuilds it when a target turns
+  unhealthy or healthy, or a circuit opens or closes): no per-request health check.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ key, a JWT key, a JWT secret for HS* algorithms, an HMAC secret) are drawn like 
 and in every process. guichet never shows them, so no client can present a drawn
 secret: write it in the file for a credential meant to be used.
 
+Usage plans: each lists the resolved ids of its consumers, services and routes; a
+throttle without ``burst`` gets ``ceil(rate)``. When there is at least one plan, a global
+``usage-plans`` plugin entity (``guichet.plugins.bundled.usage_plans``) is appended to
+``plugins``, its config holding the plans, so every route enforces them.
+
 Basic-auth passwords: when the file's secrets are transformed (``_transform``, true by
 default) the plaintext is replaced by its bcrypt hash (``guichet.passwords``), hashed in
 parallel threads. Each hash is remembered for the process by (consumer id, HMAC-SHA256
@@ -26,8 +31,10 @@ and is stored as is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import string
@@ -37,6 +44,7 @@ from typing import Any, Iterable, TypeVar
 
 from guichet import passwords
 from guichet.config import checks, model, rules, schema
+from guichet.config.references import entity_uuid
 from guichet.config.walker import Item
 
 DEFAULT_TARGET_PORT = 8000
@@ -68,6 +76,7 @@ def build_config(items: list[Item], *, format_version: str, hash_: str,
     for item in by_kind.get("snis", []):
         name = _fields(item, schema.SniEntity)[1].name
         snis.setdefault(item.resolved["certificate"], []).append(name)
+    usage_plans = tuple(_usage_plan(i) for i in by_kind.get("usage_plans", []))
     return model.Config(
         format_version=format_version,
         services=tuple(_service(i) for i in by_kind.get("services", [])),
@@ -77,7 +86,8 @@ def build_config(items: list[Item], *, format_version: str, hash_: str,
         certificates=tuple(_certificate(i, snis.get(i.id, []))
                            for i in by_kind.get("certificates", [])),
         consumers=tuple(_consumer(i) for i in by_kind.get("consumers", [])),
-        plugins=tuple(_plugin(i) for i in by_kind.get("plugins", [])),
+        plugins=tuple(_plugin(i) for i in by_kind.get("plugins", [])) +
+        _usage_plans_plugin(usage_plans),
         keyauth_credentials=tuple(_keyauth(i) for i in by_kind.get("keyauth_credentials", [])),
         basicauth_credentials=tuple(_basicauth(i, password_hash)
                                     for i, password_hash in zip(basic, hashes)),
@@ -85,6 +95,7 @@ def build_config(items: list[Item], *, format_version: str, hash_: str,
         hmacauth_credentials=tuple(_hmacauth(i)
                                    for i in by_kind.get("hmacauth_credentials", [])),
         acls=tuple(_acl(i) for i in by_kind.get("acls", [])),
+        usage_plans=usage_plans,
         hash=hash_,
         source=source,
     )
@@ -101,7 +112,8 @@ def _service(item: Item) -> model.Service:
         id=id_, name=m.name, protocol=m.protocol, host=host, port=m.port,
         path=m.path, retries=m.retries, connect_timeout=m.connect_timeout,
         write_timeout=m.write_timeout, read_timeout=m.read_timeout, enabled=m.enabled,
-        tls_verify=m.tls_verify, tags=_unique(m.tags))
+        tls_verify=m.tls_verify, tags=_unique(m.tags),
+        retry_backoff=m.retry_backoff.model_dump() if m.retry_backoff is not None else None)
 
 
 def _route(item: Item) -> model.Route:
@@ -138,7 +150,7 @@ def _upstream(item: Item, targets: list[model.Target]) -> model.Upstream:
         hash_fallback_uri_capture=m.hash_fallback_uri_capture, slots=m.slots,
         host_header=m.host_header, use_srv_name=m.use_srv_name,
         healthchecks=m.healthchecks.model_dump(), tags=_unique(m.tags),
-        targets=tuple(targets))
+        targets=tuple(targets), circuit_breaker=m.circuit_breaker.model_dump())
 
 
 def _certificate(item: Item, snis: list[str]) -> model.Certificate:
@@ -160,6 +172,33 @@ def _plugin(item: Item) -> model.Plugin:
         id=id_, name=m.name, config=item.plugin_config or {}, enabled=m.enabled,
         protocols=_unique(m.protocols), service_id=r["service"], route_id=r["route"],
         consumer_id=r["consumer"], instance_name=m.instance_name, tags=_unique(m.tags))
+
+
+def _usage_plan(item: Item) -> model.UsagePlan:
+    id_, m = _fields(item, schema.UsagePlan)
+    lists = item.resolved_lists
+    throttle, quota = m.throttle, m.quota
+    return model.UsagePlan(
+        id=id_, name=m.name, description=m.description,
+        throttle_rate=throttle.rate if throttle else None,
+        throttle_burst=(throttle.burst or max(1, math.ceil(throttle.rate))) if throttle else None,
+        quota_limit=quota.limit if quota else None, quota_period=quota.period if quota else None,
+        consumer_ids=lists.get("consumers", ()), service_ids=lists.get("services", ()),
+        route_ids=lists.get("routes", ()), fault_tolerant=m.fault_tolerant,
+        hide_client_headers=m.hide_client_headers, tags=_unique(m.tags))
+
+
+def _usage_plans_plugin(plans: tuple[model.UsagePlan, ...]) -> tuple[model.Plugin, ...]:
+    """The global ``usage-plans`` plugin enforcing ``plans`` on every route (none without
+    plans); its config is the plans themselves, with resolved ids."""
+    if not plans:
+        return ()
+    specs = [{name: list(value) if isinstance(value, tuple) else value
+              for name, value in dataclasses.asdict(plan).items()
+              if name not in ("description", "tags")} for plan in plans]
+    name = schema.USAGE_PLANS_PLUGIN
+    return (model.Plugin(id=entity_uuid("plugins", f"plugins:*:{name}:::"), name=name,
+                         config={"plans": specs}),)
 
 
 # -- credentials ---------------------------------------------------------------------------

@@ -10,7 +10,9 @@ basic-auth passwords are hashed on load; false means the file's passwords are al
 hashes), ``_comment`` (a string), ``_ignore`` (an array), and the entity collections
 ``services``, ``routes``, ``consumers``, ``plugins``, ``upstreams``, ``targets``,
 ``certificates``, ``snis`` and the consumers' credentials ``keyauth_credentials``,
-``basicauth_credentials``, ``jwt_secrets``, ``hmacauth_credentials``, ``acls``. Kong
+``basicauth_credentials``, ``jwt_secrets``, ``hmacauth_credentials``, ``acls``, and
+guichet's own ``usage_plans`` (enforced by the bundled ``usage-plans`` plugin, which
+the node's plugins must therefore include when there are plans). Kong
 collections guichet does not implement (the oauth2 plugin's among them) and decK's own
 keys (``_info``, ``_workspace`` ...) are errors; any other key is unknown.
 
@@ -33,7 +35,8 @@ from guichet.config.build import build_config
 from guichet.config.migrate import CURRENT_VERSION, FORMAT_VERSIONS, migrate_document
 from guichet.config.model import Config, ConfigIssue
 from guichet.config.report import Reporter
-from guichet.config.schema import DECK_KEYS, KINDS, UNSUPPORTED_COLLECTIONS, PluginSchema
+from guichet.config.schema import (DECK_KEYS, KINDS, UNSUPPORTED_COLLECTIONS,
+                                   USAGE_PLANS_PLUGIN, PluginSchema)
 from guichet.config.walker import Walker
 from guichet.config.yamlmarks import parse_yaml
 from guichet.errors import ConfigError
@@ -79,6 +82,10 @@ def load_config_text(text: str, source: str = "<string>", *,
     for key, value in doc.items():
         _root_key(key, value, walker, report)
     references.link(walker.items, report)
+    if plugin_schemas and doc.get("usage_plans") and USAGE_PLANS_PLUGIN not in plugin_schemas:
+        report.add(("usage_plans",), f"usage plans are enforced by the bundled plugin "
+                   f"'{USAGE_PLANS_PLUGIN}', which the node's plugins setting leaves out "
+                   "(add 'bundled')", at_key=True)
     if report.issues:
         raise ConfigError(report.sorted())
     return build_config(walker.items, format_version=CURRENT_VERSION,

@@ -30,6 +30,8 @@ class Service:
     enabled: bool = True
     tls_verify: bool | None = None
     tags: tuple[str, ...] = ()
+    # guichet's extension: {base, max, jitter} seconds between retries; None: at once.
+    retry_backoff: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class Upstream:
     healthchecks: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
+    # guichet's extension: the circuit breaker per target (guichet.health.breaker).
+    circuit_breaker: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +182,31 @@ class Plugin:
 
 
 @dataclass(frozen=True, slots=True)
+class UsagePlan:
+    """guichet's usage plan (AWS API Gateway's): a throttle and/or a quota per consumer.
+
+    ``throttle_rate`` is requests per second and ``throttle_burst`` the bucket size (both
+    None without a throttle); ``quota_limit`` requests per ``quota_period`` (day, week or
+    month, UTC calendar; both None without a quota). ``consumer_ids`` are the consumers it
+    applies to; ``service_ids`` and ``route_ids`` restrict where (both empty: everywhere;
+    otherwise a request counts when its route or its service is listed)."""
+
+    id: str
+    name: str
+    description: str | None = None
+    throttle_rate: float | None = None
+    throttle_burst: int | None = None
+    quota_limit: int | None = None
+    quota_period: str | None = None
+    consumer_ids: tuple[str, ...] = ()
+    service_ids: tuple[str, ...] = ()
+    route_ids: tuple[str, ...] = ()
+    fault_tolerant: bool = True
+    hide_client_headers: bool = False
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole declarative configuration, validated and normalised."""
 
@@ -193,6 +222,7 @@ class Config:
     jwt_secrets: tuple[JwtSecret, ...] = ()
     hmacauth_credentials: tuple[HmacAuthCredential, ...] = ()
     acls: tuple[Acl, ...] = ()
+    usage_plans: tuple[UsagePlan, ...] = ()
     # sha256 hex of the canonical form of the document (after migration), for /status and
     # for "unchanged config: nothing to do" on reload.
     hash: str = ""

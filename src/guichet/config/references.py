@@ -29,6 +29,10 @@ consumers (as in Kong); one ACL group per consumer; one plugin of a given name p
 (route, service, consumer) scope; one target per (upstream, host, port). A message about
 a secret field (a key-auth key) never shows its value.
 
+Usage plans list references (``consumers``, ``services``, ``routes``): each entry is a
+name (a username for consumers) or an id; a consumer may be in one usage plan only (an
+error at the second listing, naming the first plan and its line).
+
 References. ``service: x`` names the entity whose name (username for consumers) is x,
 else whose id is x; ``service: {id: <uuid>}`` names an id and ``service: {name: x}``
 (``{username: x}`` for consumers) a name: decK writes that form, Kong itself refuses it.
@@ -48,7 +52,7 @@ from guichet.config import rules
 from guichet.config.report import Reporter
 from guichet.config.schema import CREDENTIALS, KINDS
 from guichet.config.walker import Item
-from guichet.config.yamlmarks import format_path
+from guichet.config.yamlmarks import Path, format_path
 
 KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 _NAMESPACES: dict[str, uuid.UUID] = {}
@@ -70,8 +74,11 @@ def link(items: list[Item], report: Reporter) -> None:
     for item in referenced:
         item.id = _explicit_id(item) or _named_id(item)
         _index(item, indexes[item.kind], uniques, report)
+    members: dict[str, tuple[Item, Path]] = {}  # consumer id -> the plan listing it, where
     for item in items:
         _resolve(item, indexes, report)
+        if KINDS[item.kind].list_references:
+            _resolve_lists(item, indexes, report, members)
     ordinals: dict[tuple[str, str | None], int] = {}
     for item in items:
         if item.kind in _UNREFERENCED:
@@ -215,6 +222,39 @@ def _resolve(item: Item, indexes: dict[str, _Index], report: Reporter) -> None:
                              f"(it is implied) or name the enclosing one")
             continue
         item.resolved[name] = found.id
+
+
+def _resolve_lists(item: Item, indexes: dict[str, _Index], report: Reporter,
+                   members: dict[str, tuple[Item, Path]]) -> None:
+    """A usage plan's ``consumers``, ``services`` and ``routes``: names (usernames for
+    consumers) or ids; a name repeated in one list counts once; a consumer may belong to
+    one usage plan only."""
+    for name, target_kind in KINDS[item.kind].list_references:
+        values = item.raw.get(name)
+        found: list[str] = []
+        if isinstance(values, list):
+            index = indexes[target_kind]
+            for position, value in enumerate(values):
+                if not isinstance(value, str) or not value:
+                    continue  # reported by the model
+                target = index.by_key.get(value) or index.by_id.get(value.lower())
+                path = item.path + (name, position)
+                if target is None or target.id is None:
+                    report.add(path, f"invalid reference '{name}: {_printable(value)}' (no "
+                                     f"such entry in '{target_kind}')")
+                    continue
+                if target.id in found:
+                    continue
+                found.append(target.id)
+                if target_kind == "consumers":
+                    other, first = members.setdefault(target.id, (item, path))
+                    if other is not item:
+                        mark = report.marks.locate(first)
+                        report.add(path, f"consumer '{_printable(value)}' is already in usage "
+                                         f"plan '{_printable(str(other.raw.get('name')))}'"
+                                         f"{f' (line {mark.line})' if mark else ''}: a "
+                                         "consumer belongs to one plan at most")
+        item.resolved_lists[name] = tuple(found)
 
 
 def _reference_mapping(value: Any, key: str) -> bool:

@@ -19,6 +19,13 @@ upstream in identity headers (consumer ``username`` and ``custom_id``, basic-aut
 hmac-auth ``username``, ACL ``group``, JWT ``key``) hold no control character
 (``rules.check_header_text``).
 
+``usage_plans`` is guichet's own collection (AWS API Gateway's usage plans, see
+``docs/usage-plans.md``): a throttle and/or a quota per plan, and the consumers it
+applies to, by username or id.
+
+Two fields are guichet's own as well (``docs/load-balancing.md``): ``retry_backoff`` on a
+service (the wait between retries) and ``circuit_breaker`` on an upstream.
+
 Kong features guichet does not implement are refused by name, never ignored:
 ``UNSUPPORTED_FIELDS`` (accepted only with Kong's default value or null),
 ``UNSUPPORTED_COLLECTIONS`` (accepted only empty or null), protocols other than
@@ -31,7 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
+                      model_validator)
 
 from guichet.config import rules
 
@@ -114,6 +122,21 @@ class Entity(Record):
     tags: Tags = []
 
 
+class RetryBackoff(Record):
+    """guichet's extension on a service: the wait between retries
+    (``guichet.health.backoff``); ``base: 0`` retries at once, as Kong does."""
+
+    base: Annotated[float, _between(0, 60)] = 0
+    max: Annotated[float, _between(0, 3600)] = 1
+    jitter: bool = True
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> "RetryBackoff":
+        if self.base > 0 and self.max < self.base:
+            raise ValueError("'max' must not be below 'base'")
+        return self
+
+
 class Service(Entity):
     name: Name | None = None
     retries: Annotated[int, _between(0, 32767)] = 5
@@ -126,6 +149,7 @@ class Service(Entity):
     read_timeout: Timeout = 60000
     tls_verify: bool | None = None
     enabled: bool = True
+    retry_backoff: RetryBackoff | None = None  # guichet's extension
 
 
 class Route(Entity):
@@ -200,6 +224,19 @@ class Healthchecks(Record):
     threshold: Annotated[float, _between(0, 100)] = 0
 
 
+class CircuitBreaker(Record):
+    """guichet's extension on an upstream: a circuit breaker per target and worker
+    (``guichet.health.breaker``); off unless ``failures`` or ``failure_ratio`` is set."""
+
+    failures: Annotated[int, _between(0, 10000)] = 0
+    failure_ratio: Annotated[float, _between(0, 1)] = 0
+    window: Annotated[float, _between(0.001, 3600)] = 10
+    min_requests: Annotated[int, _between(1, 1000000)] = 20
+    open_timeout: Annotated[float, _between(0.001, 86400)] = 30
+    half_open_requests: Annotated[int, _between(1, 1000)] = 1
+    http_statuses: list[HttpStatus] = [502, 503, 504]
+
+
 class Upstream(Entity):
     name: Annotated[Str, _rule(rules.check_upstream_name)]
     algorithm: Annotated[Str, _one_of(("round-robin", "least-connections",
@@ -217,6 +254,7 @@ class Upstream(Entity):
     hash_fallback_uri_capture: Str | None = None
     slots: Annotated[int, _between(10, 2**16)] = 10000
     healthchecks: Healthchecks = Field(default_factory=Healthchecks)
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)  # guichet's
     host_header: Annotated[Str, _rule(rules.check_host_with_optional_port)] | None = None
     use_srv_name: bool = False
 
@@ -280,6 +318,58 @@ class Plugin(Entity):
     enabled: bool = True
 
 
+QUOTA_PERIODS = ("day", "week", "month")
+
+
+def _positive(value: float) -> float:
+    if not (value > 0 and value < float("inf")):
+        raise ValueError("value should be a number greater than 0")
+    return value
+
+
+def _no_offset(value: Any) -> Any:
+    if value is None:
+        return None
+    raise ValueError("'offset' is not supported: a quota period starts at 00:00 UTC (weeks "
+                     "on Monday, months on the 1st); AWS documents two meanings for it")
+
+
+class PlanThrottle(Record):
+    rate: Annotated[float, AfterValidator(_positive)]  # requests per second
+    burst: Annotated[int, _between(1, 2**31 - 1)] | None = None  # default: ceil(rate)
+
+
+class PlanQuota(Record):
+    limit: Annotated[int, _between(1, 2**53)]
+    period: Annotated[Str, _one_of(QUOTA_PERIODS)]
+    offset: Annotated[Any, AfterValidator(_no_offset)] = None
+
+
+class UsagePlan(Entity):
+    """guichet's own entity (AWS API Gateway's usage plans): ``consumers``, ``services``
+    and ``routes`` are lists of references, resolved by ``guichet.config.references``."""
+
+    name: Name
+    description: Str | None = None
+    throttle: PlanThrottle | None = None
+    quota: PlanQuota | None = None
+    consumers: list[Str] = []
+    services: list[Str] = []
+    routes: list[Str] = []
+    fault_tolerant: bool = True
+    hide_client_headers: bool = False
+
+    @model_validator(mode="after")
+    def _throttle_or_quota(self) -> "UsagePlan":
+        if self.throttle is None and self.quota is None:
+            raise ValueError("a usage plan needs a throttle, a quota, or both")
+        return self
+
+
+# The plugin the build adds to enforce usage plans; it is never written by hand.
+USAGE_PLANS_PLUGIN = "usage-plans"
+
+
 @dataclass(frozen=True, slots=True)
 class Kind:
     """How one entity type appears in the file: model, references and nestable children."""
@@ -291,6 +381,7 @@ class Kind:
     endpoint_key: str | None = None  # the unique field a reference may name
     unique: tuple[str, ...] = ()  # other fields unique across every entity of the kind
     secrets: tuple[str, ...] = ()  # fields whose value no message may show
+    list_references: tuple[tuple[str, str], ...] = ()  # (field, kind): lists of references
 
 
 # Consumers' credentials, in Kong's order; each may be nested in a consumer.
@@ -315,6 +406,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("targets", Target, {"upstream": "upstreams"}),
     Kind("certificates", Certificate, {}, ("snis",)),
     Kind("snis", SniEntity, {"certificate": "certificates"}, (), "name"),
+    Kind("usage_plans", UsagePlan, {}, (), "name", list_references=(
+        ("consumers", "consumers"), ("services", "services"), ("routes", "routes"))),
 )}
 
 # Keys Kong accepts on an entity that guichet does not implement; the value listed (and

@@ -13,6 +13,9 @@ Rules, for every entity met (top level or nested, in the order the file lists th
   they hold Kong's default; the rest is validated by the kind's pydantic model and then by
   the kind's cross-field checks;
 * a service's ``url`` is Kong's shorthand for protocol, host, port and path;
+* a usage plan's ``consumers``, ``services`` and ``routes`` are lists of references
+  (``Kind.list_references``), validated as lists of strings here and resolved by
+  ``guichet.config.references``; the ``usage-plans`` plugin is never written by hand;
 * a plugin's name must be one of the given ``plugin_schemas``, whose ``validate`` then
   checks and defaults its ``config`` (a disabled plugin is checked too); a plugin whose
   schema says ``no_consumer`` (authentication plugins) cannot be nested in a consumer nor
@@ -57,6 +60,7 @@ class Item:
     order: int = 0
     id: str | None = None
     resolved: dict[str, str | None] = field(default_factory=dict)
+    resolved_lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def parent_field(self) -> str | None:
@@ -186,6 +190,11 @@ class Walker:
         if not isinstance(name, str) or not name:
             return  # the model reported it
         plugin_schema = self.plugin_schemas.get(name)
+        if name == schema.USAGE_PLANS_PLUGIN:
+            self.report.add(item.path + ("name",), f"plugin '{name}' is added by guichet "
+                            "when usage_plans are configured: write usage_plans instead")
+            item.model = None
+            return
         if plugin_schema is None:
             self.report.add(item.path + ("name",),
                             f"plugin '{name}' is not implemented by guichet yet")

@@ -102,6 +102,7 @@ class Plugin:
     (unique; Kong's number for Kong's plugins), ``Config`` (a :class:`PluginConfig`
     subclass). Optional: ``no_consumer = True`` when the plugin cannot be scoped to a
     consumer (authentication plugins), ``protocols`` (the request protocols it supports).
+    ``entity_id`` is set on each instance by the compiler (not in ``__init__``).
 
     The constructor receives the validated config and a :class:`~guichet.plugins.env.BuildEnv`.
     Override the hooks of the phases the plugin takes part in (see the module docstring
@@ -114,6 +115,10 @@ class Plugin:
     Config: ClassVar[type[PluginConfig]] = PluginConfig
     no_consumer: ClassVar[bool] = False
     protocols: ClassVar[tuple[str, ...]] = ("http", "https", "ws", "wss")
+    # The id of the plugin entity this instance was built from, set by the compiler right
+    # after the constructor: stable across workers, nodes and reloads (the loader derives
+    # an absent id from the plugin's name and scope), so it can name shared counters.
+    entity_id: str | None = None
 
     def __init__(self, config: Any, env: "BuildEnv") -> None:
         self.config = config

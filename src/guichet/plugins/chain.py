@@ -90,7 +90,8 @@ def build_instances(config: Config, registry: "Registry", env: "BuildEnv") -> di
             continue
         cls = registry.plugin_class(entity.name)
         conf = cls.Config.model_validate(entity.config)
-        instances[entity.id] = cls(conf, env)
+        instance = instances[entity.id] = cls(conf, env)
+        instance.entity_id = entity.id
     return instances
 
 

@@ -39,6 +39,9 @@ BUNDLED: dict[str, str] = {
     "request-size-limiting": "guichet.plugins.bundled.request_size_limiting:RequestSizeLimiting",
     "acl": "guichet.plugins.bundled.acl:Acl",
     "request-termination": "guichet.plugins.bundled.request_termination:RequestTermination",
+    "rate-limiting": "guichet.plugins.bundled.rate_limiting:RateLimiting",
+    "concurrency-limiting": "guichet.plugins.bundled.concurrency_limiting:ConcurrencyLimiting",
+    "usage-plans": "guichet.plugins.bundled.usage_plans:UsagePlans",  # added by the loader
 }
 
 

@@ -90,6 +90,12 @@ class Request:
         return self._ex.client.scheme
 
     @property
+    def websocket(self) -> bool:
+        """A WebSocket handshake the gateway validated: if the upstream answers 101 the
+        request becomes a tunnel, and its log phase runs when the tunnel ends."""
+        return self._ex.ws_key is not None
+
+    @property
     def host(self) -> str:
         """The Host header without its port."""
         host = (self._ex.host or b"").decode("latin-1")

@@ -18,7 +18,14 @@ Rules:
 * Retries (§11): a connection that could not be made is retried on another target for any
   method (nothing was sent); a request lost after being sent is retried only for an
   idempotent method whose body (if any) is still held whole (≤ 64 KiB), and only before any
-  response byte went to the client; at most ``service.retries`` times.
+  response byte went to the client; at most ``service.retries`` times. With the service's
+  ``retry_backoff`` the retry waits on a timer (``call_later``), dropped if the client
+  goes away; the exchange stays CONNECTING meanwhile.
+* Health (``guichet.health``): each attempt's outcome goes to the target's record when its
+  upstream uses health checks or a circuit breaker: a failed connect (TCP failure), a
+  connect or read timeout (timeout), a connection lost before any response byte (TCP
+  failure; not when it was a reused keep-alive connection, which an upstream may close
+  at any time), an invalid response (status 0) and each response status.
 * Timeouts are deadlines checked by the worker's sweeper (``check_timeout``), not timers.
 """
 
@@ -105,6 +112,7 @@ class Exchange:
     interim = False
     set_cookie: tuple[str, str, str] | None = None
     peer_held = False
+    backoff_timer: asyncio.TimerHandle | None = None  # a retry waiting for its backoff
     # plugins (only set on routes that have some)
     chain: Any = None  # guichet.plugins.chain.Chain
     req: Any = None  # guichet.plugins.request.Request
@@ -235,10 +243,12 @@ class Exchange:
         if sel is None:
             exc = NoHealthyUpstream()
             self.client.respond_error(self, exc.status, exc.message,
-                                      extra=((b"Retry-After", b"%d" % exc.retry_after),))
+                                      extra=((b"Retry-After", b"%d" % svc.balancer.retry_after()),))
             return
         peer = sel.peer
         self.peer = peer
+        if peer.health is not None:
+            peer.health.picked()
         if sel.set_cookie is not None:
             self.set_cookie = sel.set_cookie
         self.tried += (peer,)
@@ -258,11 +268,15 @@ class Exchange:
             conn = await rt.pool.connect(svc.pool_key(peer), svc.connect_timeout, rt.loop, svc.verify)
         except asyncio.TimeoutError:
             svc.balancer.mark_refused(peer)
+            if peer.health is not None:
+                peer.health.timed_out()
             self._connect_failed(UpstreamTimeout)
             return
         except (OSError, ValueError) as exc:
             log.info("connect to %s:%s failed: %s", peer.ip, peer.port, exc)
             svc.balancer.mark_refused(peer)
+            if peer.health is not None:
+                peer.health.connect_failed()
             self._connect_failed(UpstreamConnectError)
             return
         if self.state != CONNECTING or self.client.closed:
@@ -274,7 +288,7 @@ class Exchange:
         if self.state != CONNECTING:
             return
         if len(self.tried) <= self.service.retries:  # type: ignore[union-attr]
-            self.start_upstream()
+            self._retry()
         else:
             self.client.respond_error(self, error.status, error.message)
 
@@ -316,6 +330,8 @@ class Exchange:
             if status == 101:
                 self.resp_status = 101
                 self.resp_headers = H.parse_header_lines(head)
+                if self.peer is not None and self.peer.health is not None:
+                    self.peer.health.responded(101)
                 return  # the upgrade path (resp_upgrade) takes over
             # Interim response (100 Continue, 103): the gateway handles Expect itself.
             self.interim = True
@@ -324,6 +340,9 @@ class Exchange:
         kept, cl, te, conns, via, differing_cl = H.parse_response_head(head)
         if cl is not None and (te is not None or differing_cl or not cl.isdigit()):
             raise UpstreamProtocolError("invalid or ambiguous Content-Length")
+        peer = self.peer
+        if peer is not None and peer.health is not None:
+            peer.health.responded(status)
         if conns is not None:
             for value in conns:
                 extra = H.connection_extra_names(value)
@@ -463,6 +482,9 @@ class Exchange:
     # ------------------------------------------------------------------ failures
     def drop_upstream(self) -> None:
         """Let go of the target and close the upstream connection (it is not reusable)."""
+        if self.backoff_timer is not None:
+            self.backoff_timer.cancel()  # the client went away while a retry waited
+            self.backoff_timer = None
         self.release_peer()
         conn = self.upstream
         if conn is not None:
@@ -478,9 +500,13 @@ class Exchange:
 
     def upstream_protocol_error(self, reason: str) -> None:
         log.warning("upstream %s sent an invalid response: %s", self.peer and self.peer.address, reason)
+        peer = self.peer
+        if peer is not None and peer.health is not None and not self.resp_started:
+            peer.health.responded(0)
         self._give_up(UpstreamProtocolError)
 
     def upstream_lost(self, exc: Exception | None) -> None:
+        conn = self.upstream
         self.upstream = None
         self.release_peer()
         if self.state == DONE:
@@ -493,12 +519,31 @@ class Exchange:
                 self.flush_client()
                 self.client.abort()
             return
+        peer = self.peer
+        if peer is not None and peer.health is not None and (conn is None or conn.requests == 0):
+            peer.health.lost()
         if self.may_retry():
             self.resp_headers = Exchange.resp_headers
             self.state = QUEUED
-            self.start_upstream()
+            self._retry()
             return
         self.client.respond_error(self, UpstreamReset.status, UpstreamReset.message)
+
+    def _retry(self) -> None:
+        """Try again (``tried`` steers the balancer elsewhere), at once or after the
+        service's backoff."""
+        backoff = self.service.backoff  # type: ignore[union-attr]
+        if backoff is None:
+            self.start_upstream()
+            return
+        self.state = CONNECTING
+        delay = backoff.delay(len(self.tried))
+        self.backoff_timer = self.client.rt.loop.call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.backoff_timer = None
+        if self.state == CONNECTING and not self.client.closed:
+            self.start_upstream()
 
     def may_retry(self) -> bool:
         if len(self.tried) > self.service.retries:  # type: ignore[union-attr]
@@ -514,6 +559,9 @@ class Exchange:
         return True
 
     def timed_out(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.health is not None and not self.resp_started:
+            peer.health.timed_out()
         self._give_up(UpstreamTimeout)
 
     def rid(self) -> str:

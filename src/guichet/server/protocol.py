@@ -86,6 +86,7 @@ class ClientProtocol(asyncio.Protocol):
         self.paused_for_pipeline = False
         self.write_paused = False
         self.tunnel = None
+        self.tunnel_exchange: Exchange | None = None  # its log phase runs when the tunnel ends
         self.ws_early: list[bytes] = []
         self.upgrading = False
         self.to_dispatch: Exchange | None = None
@@ -115,6 +116,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.client_lost()
             self.tunnel = None
+        if self.tunnel_exchange is not None:
+            _plugins_done(self.tunnel_exchange)  # the WebSocket's request ends with it
+            self.tunnel_exchange = None
         ex = self.active
         self.active = None
         self.queue.clear()
@@ -545,6 +549,8 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.write(b"".join(lines))
         ex.release_peer()
         ex.state = DONE
+        if ex.req is not None:
+            self.tunnel_exchange = ex
         ex.upstream = None
         conn.exchange = None
         self.active = None
