@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from guichet.config.loader import load_config_text  # noqa: E402
 from guichet.dns import Resolver  # noqa: E402
+from guichet.limits.backends import CounterBackends  # noqa: E402
+from guichet.limits.node import NodeTable  # noqa: E402
 from guichet.plugins.registry import Registry  # noqa: E402
 from guichet.server.protocol import ClientProtocol  # noqa: E402
 from guichet.server.upstream import UpstreamConnection  # noqa: E402
@@ -53,6 +55,19 @@ services:
 consumers:
 - username: bench
   keyauth_credentials: [{key: bench-key-0123456789abcdef}]
+"""
+# --route ratelimit: rate-limiting, local policy, on the node table the workers share
+RATELIMIT_CONFIG = """
+_format_version: "3.0"
+services:
+- name: bench
+  url: http://127.0.0.1:9
+  routes:
+  - name: limited
+    paths: ["/"]
+    plugins:
+    - name: rate-limiting
+      config: {second: 1000000000, minute: 1000000000, policy: local}
 """
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
 AUTH_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
@@ -92,11 +107,14 @@ async def main(n: int, rounds: int = 3, route: str = "bare") -> None:
     settings = load_settings(environ={})
     resolver = Resolver(nameservers=[("127.0.0.1", 53)], hostsfile=None)
     registry = Registry(["bundled"])
-    config_text, request = (AUTH_CONFIG, AUTH_REQUEST) if route == "auth" else (CONFIG, REQUEST)
+    config_text, request = {"auth": (AUTH_CONFIG, AUTH_REQUEST),
+                            "ratelimit": (RATELIMIT_CONFIG, REQUEST)}.get(route, (CONFIG, REQUEST))
+    table = NodeTable.create(settings.limits_node_slots)
+    counters = CounterBackends(NodeTable.open(table.path))
     snap = compile_snapshot(load_config_text(config_text, plugin_schemas=registry.schemas()),
-                            resolver, registry=registry)
+                            resolver, registry=registry, counters=counters)
     await snap.start()
-    rt = Runtime(settings, loop, snap, resolver)
+    rt = Runtime(settings, loop, snap, resolver, counters=counters)
     client = ClientProtocol(rt, "http", 8000)
     ct = FakeTransport()
     client.connection_made(ct)
@@ -128,14 +146,18 @@ async def main(n: int, rounds: int = 3, route: str = "bare") -> None:
         ut.out.clear()
         print(f"{elapsed / n * 1e6:.2f} µs per proxied request (CPU time of the Python work, {n} requests)")
     await snap.close()
+    await counters.close()
+    table.close()
+    table.unlink()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--route", choices=["bare", "auth"], default="bare",
-                        help="auth: key-auth + correlation-id + ip-restriction")
+    parser.add_argument("--route", choices=["bare", "auth", "ratelimit"], default="bare",
+                        help="auth: key-auth + correlation-id + ip-restriction; ratelimit: "
+                             "rate-limiting (local policy, two limits) on the node table")
     args = parser.parse_args()
     import uvloop
 

@@ -7,7 +7,7 @@ import calendar
 import pytest
 
 from guichet.limits import Limit
-from guichet.limits.algorithms import check, evaluate, previous_window_start, window
+from guichet.limits.algorithms import State, check, evaluate, previous_window_start, window
 from guichet.limits.process import ProcessCounters
 
 
@@ -203,3 +203,28 @@ def test_evaluate_returns_no_state_when_refused() -> None:
     assert decision.retry_after > 0
     decision, new = evaluate([Limit("a", 1, "minute")], [None], 100.0)
     assert decision.allowed and new is not None and new[0][0].count == 1
+
+
+def test_the_fixed_window_shortcut_agrees_with_the_general_path_on_random_states():
+    """``evaluate`` takes a shorter path when every limit is a fixed window; it must give
+    exactly what the general path gives: same decision, outcomes, retry_after and states."""
+    import random
+
+    from guichet.limits.algorithms import evaluate_general
+
+    rng = random.Random(4)
+    periods = ["second", "minute", "hour", "day", "month", "year", 7, 30.0]
+    for _ in range(5000):
+        now = rng.uniform(1.7e9, 1.9e9)
+        limits, states = [], []
+        for i in range(rng.randint(1, 4)):
+            period = rng.choice(periods)
+            limits.append(Limit(f"k{i}", rng.randint(0, 6), period))
+            start = window(period, now)[0]
+            states.append(rng.choice([
+                None,
+                State(start, float(rng.randint(0, 7))),  # this window
+                State(start - 86400 * 400, 3.0),  # a window long gone
+            ]))
+        cost = rng.randint(1, 3)
+        assert evaluate(limits, states, now, cost) == evaluate_general(limits, states, now, cost)

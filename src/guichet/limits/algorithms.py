@@ -211,7 +211,52 @@ def evaluate(limits: Sequence[Limit], states: Sequence[Optional[State]], now: fl
              cost: int = 1) -> tuple[Decision, Optional[list[tuple[State, float]]]]:
     """Decide a request against all ``limits`` (``states[i]`` stored for ``limits[i]``,
     None when absent). Returns the decision and, when admitted, the ``(state, expires)``
-    to store for each limit (None when refused: nothing is counted)."""
+    to store for each limit (None when refused: nothing is counted).
+
+    Fixed windows only (Kong's periods, the common case) take a shorter path with the
+    same results (a test compares the two on random states)."""
+    for limit in limits:
+        if limit.algorithm != "fixed":
+            return evaluate_general(limits, states, now, cost)
+    return _evaluate_fixed(limits, states, now, cost)
+
+
+def _evaluate_fixed(limits: Sequence[Limit], states: Sequence[Optional[State]], now: float,
+                    cost: int) -> tuple[Decision, Optional[list[tuple[State, float]]]]:
+    seen = []
+    allowed = True
+    for limit, state in zip(limits, states):
+        period = limit.period
+        if period == "month" or period == "year":
+            start, end = window(period, now)
+        else:
+            length = PERIODS[period] if isinstance(period, str) else float(period)
+            start = math.floor(now / length) * length
+            end = start + length
+        count = state.count if state is not None and state.start == start else 0.0
+        if count + cost > limit.limit:
+            allowed = False
+        seen.append((start, end, count))
+    outcomes = []
+    retry_after = 0.0
+    new: Optional[list[tuple[State, float]]] = [] if allowed else None
+    for limit, (start, end, count) in zip(limits, seen):
+        n = limit.limit
+        if allowed:
+            outcomes.append(Outcome(n, max(0, int(n - count - cost)), end - now))
+            new.append((State(start, count + cost), end))  # type: ignore[union-attr]
+        else:
+            outcomes.append(Outcome(n, max(0, int(n - count)), end - now))
+            if count + cost > n and end - now > retry_after:
+                retry_after = end - now
+    if not allowed:
+        retry_after = max(retry_after, MIN_RETRY)
+    return Decision(allowed, tuple(outcomes), retry_after), new
+
+
+def evaluate_general(limits: Sequence[Limit], states: Sequence[Optional[State]], now: float,
+                     cost: int = 1) -> tuple[Decision, Optional[list[tuple[State, float]]]]:
+    """:func:`evaluate` for any mix of algorithms."""
     verdicts = [judge(limit, state, now, cost) for limit, state in zip(limits, states)]
     allowed = all(v.admits for v in verdicts)
     decision = describe(limits, [v.state for v in verdicts], now, cost, allowed)

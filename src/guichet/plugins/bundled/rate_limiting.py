@@ -445,9 +445,9 @@ class RateLimiting(Plugin):
             if not self.hide:
                 req.ctx[CTX_HEADERS] = self.headers(decision.outcomes)
             return None
-        if self.hide:
-            return error(self.error_code, self.error_message)
-        headers = self.headers(decision.outcomes)
+        # Retry-After even with hide_client_headers (Kong hides it too): GUARANTEES §15,
+        # a refused client is always told when to come back
+        headers = [] if self.hide else self.headers(decision.outcomes)
         retry_after = max(1, math.ceil(decision.retry_after))
         if self.jitter:
             retry_after += random.randint(0, self.jitter)
