@@ -165,3 +165,34 @@ plugins:
         time.sleep(0.05)
     time.sleep(0.2)
     assert log_path.read_text().splitlines() == ["101 ws -"]
+
+
+def test_an_open_websocket_holds_its_concurrency_slot_until_the_tunnel_closes(
+        gateway_factory, ws_upstream):
+    config = _config(ws_upstream.port) + """
+plugins:
+- name: concurrency-limiting
+  config: {limit: 1, queue: 0}
+"""
+    gw = gateway_factory(config)
+    handshake = {"Upgrade": "websocket", "Connection": "Upgrade",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+    with connect(f"ws://127.0.0.1:{gw.port}/ws") as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        # the slot is the tunnel's: a plain request and another handshake are refused
+        for headers in ({}, handshake):
+            with RawConnection(gw.port) as conn:
+                lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                conn.send(f"GET /ws HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+                status = conn.read_response().status
+            assert status == 503
+    deadline = time.monotonic() + 5
+    while True:  # the tunnel closed: its log phase gave the slot back
+        with RawConnection(gw.port) as conn:
+            conn.send(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+            status = conn.read_response().status
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status != 503

@@ -192,6 +192,13 @@ def test_kong_schema_rules_and_messages():
     ({"minute": 5, "limits": [{"limit": 1, "window": 10}, {"limit": 2, "window": 10}]},
      "same window"),
     ({"token_bucket": {"rate": 0, "burst": 5}}, "greater than 0"),
+    # bounds that keep counts, expiries and headers finite integers (a review found
+    # rate: .inf loading fine, then a 500 on every request)
+    ({"token_bucket": {"rate": float("inf"), "burst": 5}}, "finite number"),
+    ({"token_bucket": {"rate": 1e-300, "burst": 1}}, "more than a year to refill"),
+    ({"minute": 2**60}, "less than or equal to 9007199254740992"),
+    ({"minute": 5, "retry_after_jitter_max": 10**20}, "less than or equal to 86400"),
+    ({"minute": 5, "error_message": ""}, "at least 1 character"),
     ({"window_type": "rolling", "minute": 5}, "'fixed' or 'sliding'"),
 ])
 def test_bad_configurations_are_refused_with_the_reason(conf, fragment):

@@ -113,6 +113,8 @@ def test_unknown_keys_and_bad_values_are_refused_with_path_and_line():
 - name: typo
   quota: {limit: 1, period: day}
   consumers: alice
+- name: glacial
+  throttle: {rate: 1.0e-300}
 """)
     assert found == [
         "kong.yml:14:18: usage_plans[0].quota.limit: value should be between 1 and "
@@ -130,6 +132,8 @@ def test_unknown_keys_and_bad_values_are_refused_with_path_and_line():
         "meanings for it",
         "kong.yml:19:3: usage_plans[2]: a usage plan needs a throttle, a quota, or both",
         "kong.yml:23:14: usage_plans[3].consumers: expected an array",
+        "kong.yml:25:20: usage_plans[4].throttle.rate: a throttle rate is between one request "
+        "a year (3.2e-8) and 1e9 requests per second",
     ]
 
 

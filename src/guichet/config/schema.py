@@ -334,8 +334,16 @@ def _no_offset(value: Any) -> Any:
                      "on Monday, months on the 1st); AWS documents two meanings for it")
 
 
+def _throttle_rate(value: float) -> float:
+    if not 1 / 31_536_000 <= value <= 1e9:
+        raise ValueError("a throttle rate is between one request a year (3.2e-8) and 1e9 "
+                         "requests per second")
+    return value
+
+
 class PlanThrottle(Record):
-    rate: Annotated[float, AfterValidator(_positive)]  # requests per second
+    # requests per second
+    rate: Annotated[float, AfterValidator(_positive), AfterValidator(_throttle_rate)]
     burst: Annotated[int, _between(1, 2**31 - 1)] | None = None  # default: ceil(rate)
 
 

@@ -21,9 +21,9 @@ Rules:
   exchange ended: answered, refused by a later plugin, failed, or abandoned by the
   client). A request whose client went away while it waited leaves the queue at once, and
   a slot granted to it after that is given back at once.
-* A WebSocket handshake (one the server validated) takes no slot: a tunnel may stay open
-  for hours, and holding a slot for its life would starve the short requests the limit
-  is meant to protect.
+* A WebSocket holds its slot for the life of its tunnel (the log phase runs when the
+  tunnel ends): it is load on the upstream like any request in flight. Handshake headers
+  therefore cannot be used to slip past the limit.
 """
 
 from __future__ import annotations
@@ -112,8 +112,6 @@ class ConcurrencyLimiting(Plugin):
         return error(self.error_code, self.error_message, self.refusal_headers)
 
     def access(self, req: "Request") -> "Response | Awaitable[Response | None] | None":
-        if req.websocket:  # see the docstring
-            return None
         key = self.key_for(req, self.identify(req))
         try:
             result = self.counters.acquire(key, self.limit, self.queue, self.timeout)

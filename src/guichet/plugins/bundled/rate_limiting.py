@@ -57,7 +57,6 @@ import hashlib
 import logging
 import math
 import random
-import time
 from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, Literal, Sequence
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -66,6 +65,7 @@ from guichet.config import rules
 from guichet.limits import PERIODS, CountersUnavailable, Decision, Limit
 from guichet.plugins.api import Plugin, PluginConfig, Response, error
 from guichet.plugins.bundled.correlation_id import HeaderName
+from guichet.plugins.faultlog import FaultLog
 
 if TYPE_CHECKING:
     from guichet.plugins.env import BuildEnv
@@ -81,7 +81,10 @@ TALLY_FAILED = "fault_tolerant_failed"
 CTX_HEADERS = "rate-limiting.headers"
 IDENTIFIER_CACHE_SIZE = 4096
 LONG_IDENTIFIER = 200  # longer identifiers are keyed by their SHA-256
-FAULT_LOG_EVERY = 10.0  # seconds between two log lines about unavailable counters
+# Bounds that keep every count, rate and expiry representable exactly (floats in the node
+# table and in Redis' Lua) and every header a plain integer.
+MAX_LIMIT = 2**53
+MAX_RATE = 1e9  # tokens per second
 
 
 # ------------------------------------------------------------------------ configuration
@@ -119,7 +122,7 @@ FLAT_REDIS_FIELDS = ("host", "port", "password", "username", "ssl", "ssl_verify"
 class WindowLimit(PluginConfig):
     """One more window (guichet's extension): ``limit`` requests per ``window`` seconds."""
 
-    limit: int = Field(gt=0)
+    limit: int = Field(gt=0, le=MAX_LIMIT)
     window: int = Field(gt=0, le=PERIODS["year"])
 
 
@@ -127,22 +130,29 @@ class TokenBucket(PluginConfig):
     """A token bucket (guichet's extension): ``burst`` tokens, refilled at ``rate`` per
     second; a request takes one."""
 
-    rate: float = Field(gt=0)
-    burst: int = Field(gt=0)
+    rate: float = Field(gt=0, le=MAX_RATE, allow_inf_nan=False)
+    burst: int = Field(gt=0, le=MAX_LIMIT)
 
     @field_validator("rate", mode="before")
     @classmethod
     def _int_rate(cls, value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @model_validator(mode="after")
+    def _refill_time(self) -> "TokenBucket":
+        if self.burst / self.rate > PERIODS["year"]:
+            raise ValueError("the bucket would take more than a year to refill (burst / rate): "
+                             "use a larger rate or a smaller burst")
+        return self
+
 
 class RateLimitingConfig(PluginConfig):
-    second: int | None = Field(default=None, gt=0)
-    minute: int | None = Field(default=None, gt=0)
-    hour: int | None = Field(default=None, gt=0)
-    day: int | None = Field(default=None, gt=0)
-    month: int | None = Field(default=None, gt=0)
-    year: int | None = Field(default=None, gt=0)
+    second: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    minute: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    hour: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    day: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    month: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
+    year: int | None = Field(default=None, gt=0, le=MAX_LIMIT)
     limit_by: Literal["consumer", "credential", "ip", "service", "header", "path"] = "consumer"
     header_name: HeaderName | None = None
     path: Annotated[str, AfterValidator(_check_path)] | None = None
@@ -151,13 +161,13 @@ class RateLimitingConfig(PluginConfig):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     hide_client_headers: bool = False
     error_code: int = Field(default=429, ge=100, le=599)
-    error_message: str = "API rate limit exceeded"
+    error_message: str = Field(default="API rate limit exceeded", min_length=1)
     sync_rate: float = -1.0
     # guichet's extensions (names from Kong Enterprise's rate-limiting-advanced where it has them)
     window_type: Literal["fixed", "sliding"] = "fixed"
     limits: list[WindowLimit] | None = None
     token_bucket: TokenBucket | None = None
-    retry_after_jitter_max: int = Field(default=0, ge=0)
+    retry_after_jitter_max: int = Field(default=0, ge=0, le=86400)
 
     @model_validator(mode="before")
     @classmethod
@@ -297,29 +307,6 @@ def plugin_key(plugin: Plugin) -> str:
     return "cfg-" + hashlib.sha256(f"{plugin.name}:{dump}".encode()).hexdigest()[:24]
 
 
-class FaultLog:
-    """Logs "counters unavailable" at most once per ``every`` seconds, with how many
-    requests were concerned since the last line (a Redis outage under load would
-    otherwise write a line per request)."""
-
-    __slots__ = ("plugin", "every", "_last", "_count")
-
-    def __init__(self, plugin: str, every: float = FAULT_LOG_EVERY) -> None:
-        self.plugin = plugin
-        self.every = every
-        self._last = -math.inf
-        self._count = 0
-
-    def record(self, exc: BaseException, outcome: str) -> None:
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            log.error("%s: counters unavailable (%s); %d request(s) %s since the last report",
-                      self.plugin, exc, self._count, outcome)
-            self._last = now
-            self._count = 0
-
-
 # ------------------------------------------------------------------------ the plugin
 class _Spec:
     """One configured limit: how to make its :class:`Limit` for an identifier, and its
@@ -387,7 +374,7 @@ class RateLimiting(Plugin):
         self.error_code = config.error_code
         self.error_message = config.error_message
         self.jitter = config.retry_after_jitter_max
-        self.faults = FaultLog(self.name)
+        self.faults = FaultLog(log, self.name)
         self._prefix: str | None = None
         self._limits: dict[str, tuple[Limit, ...]] = {}
 
@@ -434,13 +421,15 @@ class RateLimiting(Plugin):
         tally = self.counters.tally
         if self.fault_tolerant:
             tally[TALLY_PASSED] = tally.get(TALLY_PASSED, 0) + 1
-            self.faults.record(exc, "let through (fault_tolerant)")
+            self.faults.record("counters", exc, "let through (fault_tolerant)")
             return None
         tally[TALLY_FAILED] = tally.get(TALLY_FAILED, 0) + 1
-        self.faults.record(exc, "answered 500 (fault_tolerant is false)")
+        self.faults.record("counters", exc, "answered 500 (fault_tolerant is false)")
         return error(500, UNEXPECTED)
 
     def decide(self, req: "Request", decision: Decision) -> Response | None:
+        if self.faults.pending:
+            self.faults.recovered()
         if decision.allowed:
             if not self.hide:
                 req.ctx[CTX_HEADERS] = self.headers(decision.outcomes)

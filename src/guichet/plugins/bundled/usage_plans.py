@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Awaitable, Literal
 
 from guichet.limits import CountersUnavailable, Decision, Limit
 from guichet.plugins.api import Plugin, PluginConfig, Response, error
+from guichet.plugins.faultlog import FaultLog
 from guichet.quotas import (DEFAULT_STORE, Consumed, QuotaKey, QuotaStore,
                             QuotaStoreUnavailable, SharedStores, parse_store_url)
 from guichet.quotas.periods import WindowClock
@@ -60,7 +61,6 @@ STORE_NAME = "usage-plans"  # the worker store holding the shared quota stores a
 UNEXPECTED = "An unexpected error occurred"
 THROTTLED = "API rate limit exceeded"
 OVER_QUOTA = "API quota exceeded"
-FAULT_LOG_EVERY = 10.0
 EXHAUSTED_CACHE_SIZE = 65536
 RECHECK = 60.0  # seconds a worker trusts its memory of a consumer over quota
 
@@ -127,24 +127,6 @@ class CompiledPlan:
         return found
 
 
-class FaultLog:
-    """One log line per ``every`` seconds about an unavailable store, with a count."""
-
-    def __init__(self, every: float = FAULT_LOG_EVERY) -> None:
-        self.every = every
-        self._last = -math.inf
-        self._count = 0
-
-    def record(self, what: str, exc: Exception, outcome: str) -> None:
-        self._count += 1
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            log.error("usage plans: %s unavailable (%s); %d request(s) %s since the last "
-                      "report", what, exc, self._count, outcome)
-            self._last = now
-            self._count = 0
-
-
 class UsagePlans(Plugin):
     name = "usage-plans"
     priority = 905
@@ -171,7 +153,7 @@ class UsagePlans(Plugin):
             self.tally = {}
             holder.set("tally", self.tally)
         self.store: QuotaStore | None = None
-        self.faults = FaultLog()
+        self.faults = FaultLog(log, "usage plans")
         self._show_headers = self.quotas and any(not p.hide for p in compiled if p.limit)
         # (plan id, consumer id) -> (window end, count, trusted until) of consumers over
         # their quota
@@ -266,6 +248,8 @@ class UsagePlans(Plugin):
             consumed = await pending
         except QuotaStoreUnavailable as exc:
             return self.unavailable(plan, "quota store", exc)
+        if self.faults.pending:
+            self.faults.recovered()
         now = time.time()
         if consumed.allowed:
             if not plan.hide:
