@@ -86,8 +86,9 @@ class Settings(BaseModel):
     usage_store: str = Field("sqlite:///guichet-usage.db", repr=False)
     usage_store_timeout: float = Field(2.0, gt=0, le=60)
     # rate-limit counters of the ``local`` policy, shared by the node's workers: slots of
-    # the node table (64 bytes each; 65536 = 4 MiB), see docs/operations.md
-    limits_node_slots: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # the node table (64 bytes each; 65536 = 4 MiB), see docs/operations.md; at most 4 Mi
+    # (256 MiB): a worker's restart scans the whole table under its lock (~0.7 s at 4 Mi)
+    limits_node_slots: int = Field(65536, ge=1024, le=4 * 1024 * 1024)
 
     @field_validator("trusted_ips")
     @classmethod

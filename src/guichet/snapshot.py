@@ -102,7 +102,7 @@ class CompiledService:
 
 class Snapshot:
     __slots__ = ("config", "router", "services", "hash", "version", "certificates", "_closed",
-                 "chains")
+                 "chains", "redis_settings")
 
     def __init__(self, config: Config, router: RouteTable, services: dict[str, CompiledService],
                  chains: ChainTable | None = None) -> None:
@@ -114,6 +114,9 @@ class Snapshot:
         self.version = next(_versions)
         self.certificates = config.certificates
         self._closed = False
+        # the Redis counter settings its plugins use (the worker closes the clients that
+        # no serving snapshot uses: CounterBackends.prune)
+        self.redis_settings: set[Any] | frozenset[Any] = frozenset()
 
     def balancers(self) -> list[Balancer]:
         """Each balancer once (services naming one upstream share its balancer)."""
@@ -148,6 +151,7 @@ def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry |
     circuit breakers keep theirs in the worker's ``health`` registry (none without it)."""
     env = BuildEnv(ConsumerDirectory(config), settings, stores if stores is not None else Stores(),
                    counters)
+    redis_settings = env.counters.start_build()  # filled while the plugins are built
     chains = ChainTable(config, build_instances(config, registry or default_registry(), env))
     upstreams = {u.name: u for u in config.upstreams}
     services: dict[str, CompiledService] = {}
@@ -162,4 +166,6 @@ def compile_snapshot(config: Config, resolver: Resolver, *, registry: Registry |
             counts_inflight=upstream is not None and upstream.algorithm == "least-connections")
     # Routes of a disabled service are not matched (Kong).
     router = RouteTable(r for r in config.routes if r.service_id is None or r.service_id in services)
-    return Snapshot(config, router, services, chains)
+    snapshot = Snapshot(config, router, services, chains)
+    snapshot.redis_settings = redis_settings
+    return snapshot

@@ -157,6 +157,11 @@ class Runtime:
         for snap in snapshots:
             await snap.close()
         snapshots.clear()
+        # Redis counter clients that no serving snapshot uses any more: closed
+        keep: set = set(getattr(self.snapshot, "redis_settings", ()))
+        for snap in self.retired:
+            keep.update(getattr(snap, "redis_settings", ()))
+        await self.counters.prune(keep)
         gc.collect()
 
 

@@ -86,6 +86,19 @@ def _hold_and_die(path: str, key: str, ready) -> None:
     asyncio.run(main())
 
 
+def _flood(path: str, name: str, keys: int, start, results) -> None:
+    """Distinct keys, one hit each (a client sending a new limit_by value per request)."""
+    counters = NodeCounters(NodeTable.open(path))
+    start.wait()
+    unavailable = 0
+    for i in range(keys):
+        try:
+            counters.hit([Limit(f"flood:{name}:{i}", 5, "hour")])
+        except Exception:  # noqa: BLE001 - counted: the test asserts there is none
+            unavailable += 1
+    results.put((unavailable, counters.tally.get("table_evictions", 0)))
+
+
 def _run(target, args, count: int) -> list:
     procs = [CTX.Process(target=target, args=args, daemon=True) for _ in range(count)]
     for p in procs:
@@ -208,6 +221,33 @@ def test_slots_of_a_killed_process_are_given_back(table) -> None:
     assert lease is not None
     lease.release()
     assert table.reclaim(proc.pid) == 0
+
+
+def test_a_flood_of_new_keys_cannot_lock_other_keys_out_of_a_full_table() -> None:
+    small = NodeTable.create(1024)
+    try:
+        counters = NodeCounters(small)
+        idle = counters.acquire("service-b", 1, 0, 0)  # a concurrency slot, idle again:
+        idle.release()  # its slot has expires 0, so the flood may take it
+        start, results = CTX.Event(), CTX.Queue()
+        procs = [CTX.Process(target=_flood, args=(small.path, f"p{n}", 1500, start, results),
+                             daemon=True) for n in range(4)]
+        for p in procs:
+            p.start()
+        start.set()
+        outcomes = _collect(procs, results, 4)
+        assert [u for u, _ in outcomes] == [0, 0, 0, 0]  # every new key got a slot
+        assert sum(e for _, e in outcomes) >= 6000 - 1024  # by evicting older counters
+        assert small.live_keys() >= 1000  # the table is full of live flood counters
+        lease = counters.acquire("service-b", 1, 0, 0)  # not a 503
+        assert lease is not None
+        assert counters.acquire("service-b", 1, 0, 0) is None  # and still a limit of 1
+        lease.release()
+        fresh = [Limit("service-c:client", 7, "hour")]
+        assert [counters.hit(fresh).allowed for _ in range(8)] == [True] * 7 + [False]
+    finally:
+        small.close()
+        small.unlink()
 
 
 # -- the gateway: the master's table, shared by its workers --------------------------------

@@ -240,3 +240,181 @@ def test_the_password_never_appears_in_errors_or_logs(own_redis, caplog) -> None
     assert "the-right-password" not in caplog.text
     assert wrong.tally["redis_errors"] == 1
     assert "a-wrong-password" not in repr(wrong.settings)
+
+
+# -- incidents, pool, connections -----------------------------------------------------------
+def test_one_stall_under_concurrency_is_one_incident_and_one_call_probes(own_redis) -> None:
+    import os
+    import signal
+
+    from guichet.limits.redis import BACKOFF_FIRST
+
+    server = own_redis()
+    counters = RedisCounters(RedisSettings(port=server.port, timeout=100), prefix="stall:")
+    limits = [Limit("k", 1000, 3600)]
+
+    async def attempt():
+        return await counters.hit(limits)
+
+    async def scenario() -> None:
+        # 20 connections open and the script loaded
+        assert all(d.allowed for d in await asyncio.gather(*(attempt() for _ in range(20))))
+        os.kill(server.proc.pid, signal.SIGSTOP)  # Redis accepts but never answers
+        try:
+            failed = await asyncio.gather(*(attempt() for _ in range(20)), return_exceptions=True)
+            assert all(isinstance(r, CountersUnavailable) for r in failed), failed
+            assert counters.tally["redis_errors"] == 20
+            # one incident: one step of backoff (0.5 s), not twenty (the 5 s cap)
+            assert counters._failures == 1
+            assert counters._down_until - counters._down_since == pytest.approx(BACKOFF_FIRST)
+            await asyncio.sleep(max(0.0, counters._down_until - time.monotonic()) + 0.02)
+            # the backoff is over, Redis still silent: one call probes, the others fail fast
+            probes, skipped = [], 0
+            for _ in range(20):
+                try:
+                    probes.append(counters.hit(limits))
+                except CountersUnavailable as exc:
+                    assert "probing" in str(exc)
+                    skipped += 1
+            assert (len(probes), skipped) == (1, 19)
+            with pytest.raises(CountersUnavailable):
+                await probes[0]
+            assert counters._failures == 2  # the probe failed: the next step (1 s)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(max(0.0, counters._down_until - time.monotonic()) + 0.02)
+        decision = await counters.hit(limits)  # the first call after the backoff
+        assert decision.allowed
+        assert counters.tally["redis_recoveries"] == 1
+        assert counters._failures == 0
+        assert all(d.allowed for d in await asyncio.gather(*(attempt() for _ in range(20))))
+        await counters.close()
+
+    asyncio.run(scenario())
+
+
+SLOW_PROXY = r"""
+import asyncio, sys
+
+async def pipe(reader, writer, delay):
+    try:
+        while data := await reader.read(65536):
+            if delay:
+                await asyncio.sleep(delay)
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+async def client(reader, writer):
+    try:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", int(sys.argv[1]))
+    except OSError:
+        writer.close()
+        return
+    await asyncio.gather(pipe(reader, up_writer, 0), pipe(up_reader, writer, float(sys.argv[2])))
+
+async def main():
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def slow_proxy():
+    """A TCP proxy in front of a Redis port that delays every answer (a distant but
+    healthy server)."""
+    import subprocess
+    import sys
+
+    procs: list[subprocess.Popen] = []
+
+    def make(port: int, delay: float) -> int:
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_PROXY, str(port), str(delay)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return int(proc.stdout.readline())
+
+    yield make
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_a_busy_pool_is_load_not_an_outage(own_redis, slow_proxy, monkeypatch) -> None:
+    import guichet.limits.redis as module
+
+    server = own_redis()
+    port = slow_proxy(server.port, 0.03)  # every answer 30 ms late, well within the timeout
+    monkeypatch.setattr(module, "MAX_CONNECTIONS", 4)  # a pool far smaller than the load
+    counters = RedisCounters(RedisSettings(port=port, timeout=150), prefix="busy:")
+    limits = [Limit("k", 100_000, 3600)]
+
+    async def attempt():
+        return await counters.hit(limits)
+
+    async def scenario() -> list:
+        assert all(d.allowed for d in await asyncio.gather(*(attempt() for _ in range(4))))
+        # 60 at once on 4 connections: ~450 ms of work, the last ones wait more than 150 ms
+        results = await asyncio.gather(*(attempt() for _ in range(60)), return_exceptions=True)
+        after = await attempt()  # no backoff: the next request goes to Redis
+        assert after.allowed
+        await counters.close()
+        return results
+
+    results = asyncio.run(scenario())
+    busy = [r for r in results if isinstance(r, BaseException)]
+    assert busy, "the scenario must exhaust the pool"
+    assert all(isinstance(r, CountersUnavailable) and "busy" in str(r) for r in busy), busy
+    assert counters.tally["redis_pool_busy"] == len(busy)
+    assert counters._failures == 0  # Redis was healthy: no backoff started
+    assert "redis_errors" not in counters.tally and "redis_skipped" not in counters.tally
+
+
+def test_reloads_changing_the_redis_record_do_not_accumulate_connections(
+        gateway_factory, upstream, own_redis) -> None:
+    import httpx
+    import redis
+
+    from support import declarative
+
+    server = own_redis()
+
+    def config(timeout: int) -> str:
+        plugin = {"name": "rate-limiting", "config": {
+            "policy": "redis", "minute": 100_000,
+            "redis": {"host": "127.0.0.1", "port": server.port, "timeout": timeout}}}
+        return declarative(services=[{"name": "s", "url": upstream.url, "routes": [
+            {"name": "r", "paths": ["/"], "plugins": [plugin]}]}])
+
+    admin = redis.Redis(port=server.port)
+
+    def gateway_connections() -> list[str]:
+        return [c["name"] for c in admin.client_list() if c["name"].startswith("guichet-rl-")]
+
+    gw = gateway_factory(config(1000), workers=1)
+    worker = gw.status()["worker_pids"][0]
+    try:
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            for i in range(15):
+                if i:
+                    gw.reload_config(config(1000 + i))
+                answer = client.get(gw.url + "/echo")
+                assert answer.status_code == 200
+                assert "RateLimit-Remaining" in answer.headers  # counted in Redis
+        # once the retired snapshots are released: the current record's one connection,
+        # not one per reload
+        deadline = time.monotonic() + 10
+        while len(gateway_connections()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway_connections() == [f"guichet-rl-{worker}"]
+        status = gw.status()["rate_limiting"]
+        assert status[f"redis 127.0.0.1:{server.port}/0"].get("redis_errors", 0) == 0
+    finally:
+        admin.close()

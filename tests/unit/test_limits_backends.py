@@ -74,27 +74,89 @@ def test_node_table_keys_are_salted_per_table(tmp_path, table) -> None:
         other.unlink()
 
 
-def test_node_table_full_raises_unavailable_and_reuses_expired_slots(tmp_path, monkeypatch) -> None:
+def test_node_table_full_evicts_the_rate_counter_expiring_first(tmp_path, monkeypatch) -> None:
     import guichet.limits.node as node
 
     small = NodeTable.create(16, directory=str(tmp_path))
     try:
         c = NodeCounters(small)
-        for i in range(16):
+        for i in range(15):
             assert c.hit([Limit(f"k{i}", 1, 3600)]).allowed
-        with pytest.raises(CountersUnavailable, match="limits_node_slots"):
-            c.hit([Limit("one too many", 1, 3600)])
-        assert c.tally["table_full"] == 1
+        assert c.hit([Limit("soon", 1, 60)]).allowed  # its window ends first
+        assert not c.hit([Limit("soon", 1, 60)]).allowed
         assert small.live_keys() == 16
-        # an hour later every window has ended: new keys take expired slots
+        # no free slot: the new key evicts the counter closest to the end of its window
+        assert c.hit([Limit("one too many", 1, 3600)]).allowed
+        assert c.tally["table_evictions"] == 1
+        assert "table_full" not in c.tally
+        assert not c.hit([Limit("one too many", 1, 3600)]).allowed  # counted exactly
+        assert not c.hit([Limit("k3", 1, 3600)]).allowed  # the others were kept
+        # the evicted key starts again from zero: lenient, never stricter
+        assert c.hit([Limit("soon", 1, 60)]).allowed
+        assert c.tally["table_evictions"] == 2
+        assert small.live_keys() == 16
+        # an hour later every window has ended: new keys take expired slots, no eviction
         clock = Clock(__import__("time").time() + 3601)
         monkeypatch.setattr(node.time, "time", clock)
-        assert c.hit([Limit("one too many", 1, 3600)]).allowed
+        assert c.hit([Limit("later", 1, 3600)]).allowed
         assert c.hit([Limit("k3", 1, 3600)]).allowed  # a new window for an old key
         assert small.live_keys(clock.now) == 2
+        assert c.tally["table_evictions"] == 2
     finally:
         small.close()
         small.unlink()
+
+
+def test_node_table_never_evicts_busy_concurrency_slots(tmp_path) -> None:
+    small = NodeTable.create(16, directory=str(tmp_path))
+    try:
+        c = NodeCounters(small)
+        leases = [c.acquire(f"c{i}", 1, 0, 0) for i in range(8)]  # 8 totals + 8 holders
+        assert all(lease is not None for lease in leases)
+        with pytest.raises(CountersUnavailable, match="limits_node_slots"):
+            c.hit([Limit("rate", 1, 3600)])
+        with pytest.raises(CountersUnavailable):
+            c.acquire("c-new", 1, 0, 0)
+        assert c.tally["table_full"] == 2
+        assert "table_evictions" not in c.tally
+        assert all(c.book.counts(f"c{i}") == (1, 0) for i in range(8))
+        leases[0].release()  # idle slots (expires 0) are free again: no eviction needed
+        assert c.hit([Limit("rate", 1, 3600)]).allowed
+        assert "table_evictions" not in c.tally
+        # one free slot left for two: the rate counter is evicted, never a busy slot
+        lease = c.acquire("c-new", 1, 0, 0)
+        assert lease is not None
+        assert c.tally["table_evictions"] == 1
+        assert c.book.counts("c-new") == (1, 0)
+        assert all(c.book.counts(f"c{i}") == (1, 0) for i in range(1, 8))
+        with pytest.raises(CountersUnavailable):
+            c.hit([Limit("rate", 1, 3600)])  # nothing evictable left
+        lease.release()
+    finally:
+        small.close()
+        small.unlink()
+
+
+def test_stale_tables_of_dead_masters_are_removed(tmp_path) -> None:
+    import subprocess
+
+    from guichet.limits.node import remove_stale_tables
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid that no longer runs
+    dead = tmp_path / f"guichet-limits-{child.pid}-0123456789ab"
+    live = tmp_path / f"guichet-limits-{os.getpid()}-ba9876543210"
+    other = tmp_path / "guichet-limits-notes.txt"
+    for path in (dead, live, other):
+        path.write_bytes(b"x")
+    table = NodeTable.create(16, directory=str(tmp_path))  # what the master does at start
+    try:
+        assert not dead.exists()
+        assert live.exists() and other.exists() and os.path.exists(table.path)
+        assert remove_stale_tables(str(tmp_path)) == []  # this process is alive
+    finally:
+        table.close()
+        table.unlink()
 
 
 def test_node_table_rejects_a_foreign_file(tmp_path) -> None:
@@ -226,3 +288,45 @@ def test_backends_for_node_map_the_masters_table(table) -> None:
         assert backends.local().table.pid == os.getpid()
     finally:
         run(backends.close())
+
+
+def test_backends_sharing_a_name_are_summed_in_the_tally() -> None:
+    from guichet.limits.redis import RedisSettings
+
+    backends = CounterBackends()
+    a = backends.redis(RedisSettings(port=6380, password="one", timeout=100))
+    b = backends.redis(RedisSettings(port=6380, password="two", timeout=200, username="u"))
+    c = backends.redis(RedisSettings(port=6380, database=2))
+    assert len({id(a), id(b), id(c)}) == 3
+    a.tally.update(redis_errors=2, redis_skipped=5)
+    b.tally.update(redis_errors=3, redis_recoveries=1)
+    c.tally.update(redis_errors=7)
+    assert backends.tally() == {
+        "redis 127.0.0.1:6380/0": {"redis_errors": 5, "redis_skipped": 5, "redis_recoveries": 1},
+        "redis 127.0.0.1:6380/2": {"redis_errors": 7}}
+    run(backends.close())
+
+
+def test_prune_closes_the_clients_no_snapshot_uses_and_keeps_their_counts() -> None:
+    from guichet.limits.redis import RedisSettings
+
+    old, new = RedisSettings(timeout=100), RedisSettings(timeout=200)
+    backends = CounterBackends()
+    first = backends.start_build()
+    a = backends.redis(old)
+    assert first == {old}
+    second = backends.start_build()
+    assert backends.redis(new) is not a and second == {new}
+    a.tally["redis_errors"] = 4
+    closed = []
+
+    async def close() -> None:
+        closed.append(a)
+
+    a.close = close
+    assert run(backends.prune(first | second)) == 0  # both still serve
+    assert run(backends.prune(set())) == 1  # the latest build is always kept
+    assert closed == [a]
+    assert backends.redis(new) is not None and backends.redis(old) is not a  # a new client
+    assert backends.tally()["redis 127.0.0.1:6379/0"]["redis_errors"] == 4
+    run(backends.close())

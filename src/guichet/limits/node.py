@@ -17,9 +17,18 @@ slots after a 64-byte header::
   consecutive slots from its home. Slots are never emptied: an expired slot (``expires``
   passed; idle concurrency slots have ``expires`` 0) is reused by the next new key of its
   chain, which keeps every chain intact. A new key that finds no empty or expired slot in
-  its ``MAX_PROBE`` slots makes the operation raise ``CountersUnavailable`` (counted as
-  ``table_full``): the caller's ``fault_tolerant`` decides. Size the table well above the
-  number of live keys (``limits_node_slots``; 64 bytes each).
+  its ``MAX_PROBE`` slots **evicts** the rate counter (kind 1) of its chain whose
+  ``expires`` comes first (counted as ``table_evictions``): under a flood of distinct keys
+  the evicted counters start again from zero (limits become lenient for them, never
+  stricter), and every new key, a concurrency key included, still gets a slot. Busy
+  concurrency slots and holders (active or queued > 0; ``expires`` infinite) are never
+  evicted; only when the whole chain is made of them does the operation raise
+  ``CountersUnavailable`` (counted as ``table_full``), and the caller's ``fault_tolerant``
+  decides. Size the table well above the number of live keys (``limits_node_slots``; 64
+  bytes each).
+* Files of masters that died without deleting theirs (``kill -9``) are removed by the next
+  :meth:`NodeTable.create` in the same directory (:func:`remove_stale_tables`: only
+  ``guichet-limits-<pid>-*`` files of this user whose ``<pid>`` is no running process).
 * Every operation (one ``hit`` of several limits, one slot change) holds an exclusive
   ``flock`` on the file from read to write: nothing can come between the check and the
   increment in any worker. The kernel drops the lock of a process that dies, so a crashed
@@ -28,7 +37,9 @@ slots after a 64-byte header::
   exclude them: they share the open file).
 * Concurrency slots are counted twice: a node total (kind 2) and the share of each holder
   process (kind 3, by pid). When a worker dies the master calls :meth:`NodeTable.reclaim`
-  with its pid, which gives back that worker's slots and queue places.
+  with its pid, which gives back that worker's slots and queue places. It scans the whole
+  table under the lock, pausing every check of the node meanwhile (about 0.15 s per Mi
+  slots; hence ``limits_node_slots`` at most 4 Mi).
 * Time is the wall clock (``time.time()``), since windows follow the UTC calendar.
 """
 
@@ -38,7 +49,9 @@ import fcntl
 import hashlib
 import mmap
 import os
+import re
 import secrets
+import stat
 import struct
 import tempfile
 import threading
@@ -56,6 +69,8 @@ HEADER_SIZE = 64
 MAX_PROBE = 64
 EMPTY_DIGEST = bytes(16)
 INFINITY = float("inf")
+FILE_PREFIX = "guichet-limits-"
+_FILE_NAME = re.compile(r"guichet-limits-([0-9]{1,10})-[0-9a-f]+")
 
 KIND_RATE, KIND_SLOTS, KIND_HOLDER = 1, 2, 3
 
@@ -72,6 +87,40 @@ def default_directory() -> str:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
+def remove_stale_tables(directory: str) -> list[str]:
+    """Delete the table files left in ``directory`` by masters that died without deleting
+    theirs (``kill -9``): ``guichet-limits-<pid>-<hex>`` files owned by this user whose
+    ``<pid>`` is no running process. Returns the paths removed."""
+    removed: list[str] = []
+    uid = os.getuid()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _FILE_NAME.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid <= 0:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if st.st_uid != uid or not stat.S_ISREG(st.st_mode):
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:  # its master is gone: nobody maps it any more
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+        except (OSError, OverflowError, ValueError):  # alive (maybe another user's), or odd
+            continue
+    return removed
+
+
 class NodeTable:
     """One mapping of the node table file (see the module docstring)."""
 
@@ -84,6 +133,8 @@ class NodeTable:
         self._tlock = threading.Lock()
         self._digests: dict[str, bytes] = {}
         self.pid = os.getpid()
+        # this process's counts (table_evictions here; NodeCounters adds its own)
+        self.tally: dict[str, int] = {}
 
     # -- life cycle ----------------------------------------------------------------
     @classmethod
@@ -92,7 +143,8 @@ class NodeTable:
         if slots < 16:
             raise ValueError("a node table needs at least 16 slots")
         directory = directory or default_directory()
-        path = os.path.join(directory, f"guichet-limits-{os.getpid()}-{secrets.token_hex(6)}")
+        remove_stale_tables(directory)
+        path = os.path.join(directory, f"{FILE_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, HEADER_SIZE + slots * SLOT_SIZE)
@@ -161,11 +213,13 @@ class NodeTable:
 
     def find(self, digest: bytes, now: float, create: bool, taken: Sequence[int] = ()) -> int:
         """Offset of the slot holding ``digest``; else, with ``create``, of a slot it may
-        take (empty or expired, not in ``taken``); else -1. Call with the lock held."""
+        take (empty or expired; else the live rate counter of the chain expiring first,
+        evicted; never one in ``taken``); else -1. Call with the lock held."""
         mm = self._mm
         cap = self.capacity
         home = int.from_bytes(digest[:8], "little") % cap
         free = -1
+        victim, victim_expires = -1, INFINITY
         for i in range(MAX_PROBE if MAX_PROBE < cap else cap):
             off = HEADER_SIZE + ((home + i) % cap) * SLOT_SIZE
             current = mm[off:off + 16]
@@ -177,9 +231,18 @@ class NodeTable:
                 if not create:
                     return -1
                 return free if free >= 0 else off
-            if create and free < 0 and _EXPIRES.unpack_from(mm, off + 24)[0] <= now:
-                free = off
-        return free if create else -1
+            if create and free < 0:
+                expires = _EXPIRES.unpack_from(mm, off + 24)[0]
+                if expires <= now:
+                    free = off
+                elif mm[off + 16] == KIND_RATE and expires < victim_expires:
+                    victim, victim_expires = off, expires
+        if not create:
+            return -1
+        if free < 0 and victim >= 0:
+            self.tally["table_evictions"] = self.tally.get("table_evictions", 0) + 1
+            return victim
+        return free
 
     # -- rate counters ----------------------------------------------------------------
     def read_rate(self, off: int, digest: bytes, now: float) -> Optional[State]:
@@ -358,7 +421,7 @@ class NodeCounters:
 
     def __init__(self, table: NodeTable) -> None:
         self.table = table
-        self.tally: dict[str, int] = {}
+        self.tally = table.tally  # one dict: the table counts evictions in it
         self.book = NodeSlotBook(table, self.tally)
         self._slots = Slots(self.book, self.tally)
 

@@ -13,12 +13,22 @@
   Redis Cluster is not supported (one server, or a primary behind Sentinel's address).
 * Faults: a connection error, a timeout (``timeout`` ms, Kong's ``redis.timeout``) or an
   error reply raises :class:`~guichet.limits.CountersUnavailable` (counted as
-  ``redis_errors``). After a failure the client fails fast, without trying, for a backoff
-  of 0.5 s doubling to 5 s (counted as ``redis_skipped``), then tries again: the gateway
-  returns to Redis by itself (``redis_recoveries``). The password is never logged.
-* Connections: a pool of at most ``MAX_CONNECTIONS`` per :class:`RedisSettings`, opened on
-  first use (never at build time), shared by every plugin instance of the worker through
-  :class:`~guichet.limits.backends.CounterBackends`, closed when the worker exits.
+  ``redis_errors``). A failure starts a backoff during which the client fails fast,
+  without trying (counted as ``redis_skipped``): 0.5 s, doubling with each failed attempt
+  to 5 s. **One incident counts once**: the calls that were already in flight when the
+  backoff began (started before it) and fail too do not lengthen it, so a short stall
+  under many concurrent requests costs 0.5 s, not 5 s. When the backoff ends **one**
+  call probes Redis while the others keep failing fast until it answers (a probe lost
+  without an answer, e.g. never awaited, is replaced after three times the timeout).
+  An answer ends the incident (``redis_recoveries``). The password is never logged.
+* Connections: a pool of at most ``MAX_CONNECTIONS`` (128) per :class:`RedisSettings` and
+  worker, opened on first use (never at build time), at most ``OPENING_AT_ONCE`` at a
+  time, shared by every plugin instance of the worker through
+  :class:`~guichet.limits.backends.CounterBackends`, named ``guichet-rl-<pid>`` (``CLIENT
+  LIST``), closed when no configuration snapshot uses these settings any more or when the
+  worker exits. A call waits for a free connection at most ``timeout``; a busy pool is
+  load, not an outage: that call raises ``CountersUnavailable`` (counted as
+  ``redis_pool_busy``) and no backoff starts.
 * Concurrency slots are not kept in Redis: :meth:`RedisCounters.acquire` raises
   NotImplementedError (the concurrency limit is per node, ``CounterBackends.local()``).
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -37,7 +48,8 @@ from guichet.limits.algorithms import State, describe
 log = logging.getLogger("guichet.limits.redis")
 
 DEFAULT_PREFIX = "guichet:rl:"
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 128  # per RedisSettings and worker
+OPENING_AT_ONCE = 16  # connections being opened at once (per pool)
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 5.0
 _ALGORITHM_CODES = {"fixed": "f", "sliding": "s", "gcra": "g"}
@@ -198,8 +210,11 @@ class RedisCounters:
         self._client: Any = None
         self._script: Any = None
         self._args: dict[Limit, tuple[str, str, str, str]] = {}
-        self._failures = 0  # consecutive
+        self._failures = 0  # backoff level: failed attempts in a row, one per incident
+        self._down_since = 0.0  # monotonic: when the latest backoff began
         self._down_until = 0.0  # monotonic; fail fast before it
+        self._probe_at = 0.0  # monotonic: when the call probing Redis began (0: none)
+        self._gate: Optional[asyncio.Semaphore] = None  # at most MAX_CONNECTIONS calls
         self._clock_override: Optional[float] = None  # tests: evaluate at this instant
 
     # -- the client ------------------------------------------------------------------
@@ -215,12 +230,15 @@ class RedisCounters:
             password=s.password or None, socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0),
             max_connections=MAX_CONNECTIONS, timeout=self.timeout,
-            connection_class=Connection)
+            client_name=f"guichet-rl-{os.getpid()}", connection_class=Connection)
         if s.ssl:
             kwargs.update(connection_class=_sni_connection(SSLConnection, s.server_name),
                           ssl_cert_reqs="required" if s.ssl_verify else "none",
                           ssl_check_hostname=bool(s.ssl_verify))
+        kwargs["connection_class"] = _paced_connection(kwargs["connection_class"],
+                                                       asyncio.Semaphore(OPENING_AT_ONCE))
         pool = BlockingConnectionPool(**kwargs)
+        self._gate = asyncio.Semaphore(MAX_CONNECTIONS)  # a call holds a pool connection
         self._client = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(HIT_SCRIPT)
 
@@ -232,15 +250,30 @@ class RedisCounters:
 
     # -- hits ------------------------------------------------------------------------
     def hit(self, limits: Sequence[Limit], cost: int = 1) -> Any:
-        """An awaitable Decision; raises CountersUnavailable at once while backing off."""
-        if self._failures and time.monotonic() < self._down_until:
-            self.tally["redis_skipped"] = self.tally.get("redis_skipped", 0) + 1
-            raise CountersUnavailable(
-                f"redis {self.settings.address} is unavailable (next attempt in "
-                f"{self._down_until - time.monotonic():.1f}s)")
-        return self._hit(limits, cost)
+        """An awaitable Decision; raises CountersUnavailable at once while backing off,
+        and after it while the one probing call has not answered."""
+        if self._failures:
+            now = time.monotonic()
+            if now < self._down_until:
+                self._skip(f"next attempt in {self._down_until - now:.1f}s")
+            if self._probe_at and now - self._probe_at < self.timeout * 3 + 1.0:
+                self._skip("another request is probing it")
+            self._probe_at = now
+            return self._hit(limits, cost, True)
+        return self._hit(limits, cost, False)
 
-    async def _hit(self, limits: Sequence[Limit], cost: int) -> Decision:
+    def _skip(self, why: str) -> None:
+        self.tally["redis_skipped"] = self.tally.get("redis_skipped", 0) + 1
+        raise CountersUnavailable(f"redis {self.settings.address} is unavailable ({why})")
+
+    async def _hit(self, limits: Sequence[Limit], cost: int, probe: bool) -> Decision:
+        try:
+            return await self._call(limits, cost)
+        finally:
+            if probe:
+                self._probe_at = 0.0
+
+    async def _call(self, limits: Sequence[Limit], cost: int) -> Decision:
         if self._client is None:
             self._connect()
         keys = [self.prefix + limit.key for limit in limits]
@@ -254,15 +287,34 @@ class RedisCounters:
                     cache.clear()
                 spec = cache[limit] = limit_args(limit)
             args.extend(spec)
+        gate = self._gate
+        assert gate is not None
+        started = time.monotonic()
+        if gate.locked():  # every pool connection is in use: wait for one, not for Redis
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await gate.acquire()
+            except TimeoutError:
+                self.tally["redis_pool_busy"] = self.tally.get("redis_pool_busy", 0) + 1
+                raise CountersUnavailable(
+                    f"redis {self.settings.address}: all {MAX_CONNECTIONS} connections of the "
+                    f"pool stayed busy for {self.timeout:.3g}s") from None
+        else:
+            await gate.acquire()  # free: returns at once
+        if self._failures and started < self._down_since:  # an incident began meanwhile
+            gate.release()
+            self._skip("it failed while this request waited for a connection")
         try:
             async with asyncio.timeout(self.timeout * 2):
                 reply = await self._script(keys=keys, args=args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is "unavailable"
-            await self._failed(exc)
+            await self._failed(exc, started)
             raise CountersUnavailable(
                 f"redis {self.settings.address}: {type(exc).__name__}: {_short(exc)}") from None
+        finally:
+            gate.release()
         if self._failures:
             log.info("redis %s is answering again", self.settings.address)
             self.tally["redis_recoveries"] = self.tally.get("redis_recoveries", 0) + 1
@@ -272,11 +324,15 @@ class RedisCounters:
                         float(reply[4 + 3 * i])) for i in range(len(limits))]
         return describe(limits, states, now, cost, int(reply[0]) == 1)
 
-    async def _failed(self, exc: BaseException) -> None:
+    async def _failed(self, exc: BaseException, started: float) -> None:
         self.tally["redis_errors"] = self.tally.get("redis_errors", 0) + 1
+        if started < self._down_since:
+            return  # in flight when this incident's backoff began: already counted
         self._failures += 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._failures - 1))
-        self._down_until = time.monotonic() + delay
+        now = time.monotonic()
+        self._down_since = now
+        self._down_until = now + delay
         if self._failures == 1:
             log.warning("redis %s unavailable (%s: %s); failing fast for %.1fs, then retrying",
                         self.settings.address, type(exc).__name__, _short(exc), delay)
@@ -294,6 +350,22 @@ class RedisCounters:
 def _short(exc: BaseException) -> str:
     text = str(exc).replace("\n", " ")
     return text[:200]
+
+
+def _paced_connection(base: Any, opening: asyncio.Semaphore) -> Any:
+    """A connection class that opens at most ``opening``'s value connections of its pool at
+    once: a burst of requests on a cold pool would otherwise start every handshake at once
+    and the last ones would exceed the connect timeout while the event loop works through
+    the others, which would look like a Redis outage."""
+
+    class PacedConnection(base):  # type: ignore[misc, valid-type]
+        async def connect(self) -> None:
+            if self.is_connected:
+                return
+            async with opening:
+                await super().connect()
+
+    return PacedConnection
 
 
 def _sni_connection(base: Any, server_name: Optional[str]) -> Any:
