@@ -400,14 +400,23 @@ class Exchange:
         """Let response_headers plugins change the head; with response_body plugins the
         body's length is unknown in advance, so it goes chunked (or until close)."""
         chain = self.chain
-        head = ResponseHead(status, H.header_pairs(kept))
+        pairs = H.header_pairs(kept)
+        before = tuple(pairs)
+        head = ResponseHead(status, pairs)
         if chain.response_headers:
             runner.run_response_headers(self, head)
         else:
             self.resp_head = head
         if head.changed or head.status != status:
             status = self.resp_status = head.status
-            kept = H.render_pairs(head.headers)
+            headers = head.headers
+            n = len(before)
+            if headers is pairs and tuple(headers[:n]) == before:
+                # only appended to (rate limits, cors...): the upstream's lines stay as
+                # they came, the new ones are rendered (and checked) after them
+                kept += H.render_pairs(headers[n:])
+            else:
+                kept = H.render_pairs(headers)
         if chain.response_body and mode == RAW:
             if self.http10:
                 mode, framing = UNTIL_CLOSE, b""
