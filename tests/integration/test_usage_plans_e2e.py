@@ -227,3 +227,41 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_store_file_locked_by_another_process_never_stalls_the_event_loop(
+        gateway_factory, upstream, tmp_path):
+    """A review found a worker that could not open the SQLite file (another process held
+    its lock) waiting for it on the event loop, up to the store's timeout every second:
+    routes without any plan answered in 3-7 s. Now only the first open waits, in a thread;
+    later attempts never wait. The store's timeout here is 8 s; a stalled loop would make
+    the unplanned route miss its 4 s client timeout."""
+    db = tmp_path / "usage.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3, sys, time\n"
+         f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+         "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        text = declarative(
+            services=[{"name": "main", "url": upstream.url, "routes": [
+                {"name": "api", "paths": ["/api"], "plugins": [{"name": "key-auth"}]},
+                {"name": "open", "paths": ["/open"]}]}],
+            consumers=[{"username": "alice", "keyauth_credentials": [{"key": KEYS["alice"]}]}],
+            usage_plans=[{"name": "locked-out", "quota": {"limit": 5, "period": "day"},
+                          "consumers": ["alice"]}])
+        gw = gateway_factory(text, workers=1, env={"GUICHET_USAGE_STORE": f"sqlite:///{db}",
+                                                   "GUICHET_USAGE_STORE_TIMEOUT": "8"})
+        with httpx.Client(timeout=4.0, trust_env=False) as client:
+            for _ in range(3):
+                # the planned route: decided by fault_tolerant (passes, uncounted) ...
+                assert client.get(f"{gw.url}/api", headers={"apikey": KEYS["alice"]}
+                                  ).status_code == 200
+                # ... and a route without plans is not held up by the store
+                for _ in range(5):
+                    assert client.get(f"{gw.url}/open").status_code == 200
+    finally:
+        holder.kill()
+        holder.wait(5)

@@ -95,6 +95,12 @@ def test_passwords_never_show():
     assert redact("postgresql://app:s3cret@[::1]:5432/db?table=q") == \
         "postgresql://app:***@[::1]:5432/db?table=q"
     assert redact("sqlite:////tmp/u.db") == "sqlite:////tmp/u.db"
+    # a password given as a query option (asyncpg, libpq and redis-py accept it)
+    assert redact("postgresql://app@h:5432/db?password=s3cret&table=q") == \
+        "postgresql://app@h:5432/db?password=***&table=q"
+    assert redact("postgresql://app@h/db?sslpassword=s3cret") == \
+        "postgresql://app@h/db?sslpassword=***"
+    assert "s3cret" not in open_store("postgresql://app@h/db?password=s3cret").url
     store = open_store("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in store.url
 
@@ -300,3 +306,18 @@ def test_the_checkpoint_thread_copies_the_wal_into_the_database_file(tmp_path, m
             await store.close()
 
     assert run(scenario()) == 20
+
+
+def test_a_misspelt_redis_option_is_refused_when_the_settings_load():
+    """redis-py would take it as a connection argument and fail every request; a review
+    started a gateway with ``?prefx=`` that metered nothing."""
+    from guichet.quotas import StoreUrlError, parse_store_url
+
+    with pytest.raises(StoreUrlError, match="prefx"):
+        parse_store_url("redis://127.0.0.1:6379/0?prefx=a:")
+    with pytest.raises(StoreUrlError) as caught:
+        parse_store_url("redis://:s3cret@127.0.0.1:6379/0?bogus=1")
+    assert "s3cret" not in str(caught.value)
+    # redis-py's own options and guichet's prefix are fine
+    assert parse_store_url("redis://127.0.0.1:6379/0?prefix=a:&socket_timeout=1").options == \
+        {"prefix": "a:"}

@@ -138,7 +138,21 @@ def parse_store_url(url: str) -> StoreUrl:
         raise StoreUrlError("usage_store: redis needs a host (redis://127.0.0.1:6379/0)")
     clean = url if scheme == "sqlite" else urlunsplit(
         (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
+    if scheme.startswith("redis") and rest:
+        _check_redis_options(clean)
     return StoreUrl(scheme, clean, path, options)
+
+
+def _check_redis_options(url: str) -> None:
+    """redis-py takes the URL's other options as connection arguments: build (without
+    connecting) one connection, so a misspelt option is a settings error at start, not a
+    failure of every request (PostgreSQL's options are checked by the server on connect)."""
+    import redis.asyncio
+
+    try:
+        redis.asyncio.ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError) as exc:
+        raise StoreUrlError(f"usage_store: {redact(url)}: {exc}") from None
 
 
 def resolve_store_url(url: str, base_dir: str) -> str:
@@ -153,19 +167,31 @@ def resolve_store_url(url: str, base_dir: str) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password (for logs and messages)."""
+    """``url`` without its password (for logs and messages): the one in ``user:pw@`` and
+    any query option that may hold a secret (``?password=``, which asyncpg and redis-py
+    accept too, ``sslpassword``, tokens)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        netloc, query = parts.netloc, parts.query
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(_SECRET_OPTION.search(k) for k, _ in pairs):
+                query = "&".join(f"{k}=***" if _SECRET_OPTION.search(k) else urlencode([(k, v)])
+                                 for k, v in pairs)
+        if netloc == parts.netloc and query == parts.query:
             return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<unparsable URL>"
+
+
+_SECRET_OPTION = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
 
 def open_store(url: str, timeout: float = 2.0, *, read_only: bool = False) -> QuotaStore:

@@ -52,6 +52,7 @@ BATCH = 256
 MAX_PENDING = 4096
 KEEP_ENDED = 7 * 86400.0  # seconds a finished window's row is kept (for inspection)
 RETRY_OPEN = 1.0
+OPEN_LOG_EVERY = 10.0  # seconds between two log lines about a file that cannot be opened
 CHECKPOINT_EVERY = 0.5
 FIRST_BACKOFF, MAX_BACKOFF = 0.0002, 0.005
 
@@ -88,6 +89,7 @@ class SqliteQuotaStore:
         self._conn: sqlite3.Connection | None = None
         self._open_error: str | None = None
         self._open_at = -RETRY_OPEN
+        self._open_logged = -OPEN_LOG_EVERY
         self._pending: list[Pending] = []
         self._scheduled = False
         self._backoff = FIRST_BACKOFF
@@ -101,10 +103,14 @@ class SqliteQuotaStore:
         self._loop = asyncio.get_running_loop()
         if self.read_only:
             return
+        # The first open may wait for other workers preparing the file (up to the
+        # timeout): in a thread, so the event loop keeps serving meanwhile. Later opens
+        # (after a failure) happen on the loop and never wait for the lock.
+        self._open_at = time.monotonic()
         try:
-            self._connection()
-        except QuotaStoreUnavailable:
-            pass  # logged; tried again by the first request
+            self._conn = await self._loop.run_in_executor(None, self._open, self.timeout)
+        except (sqlite3.Error, OSError) as exc:
+            self._open_failed(exc)  # logged; tried again by the next requests
         self._checkpointer = threading.Thread(target=self._checkpoints, daemon=True,
                                               name="guichet-quota-checkpoint")
         self._checkpointer.start()
@@ -221,18 +227,25 @@ class SqliteQuotaStore:
             raise QuotaStoreUnavailable(self._open_error)
         self._open_at = now
         try:
-            self._conn = self._open()
+            self._conn = self._open(0.0)
         except (sqlite3.Error, OSError) as exc:
-            self._open_error = f"cannot open the quota store {self.url}: {exc}"
-            log.error("%s", self._open_error)
+            self._open_failed(exc)
             raise QuotaStoreUnavailable(self._open_error) from None
         self._open_error = None
         return self._conn
 
-    def _open(self) -> sqlite3.Connection:
-        """Open and prepare the file, waiting up to ``timeout`` for other workers doing
-        the same (once per worker); then never wait for the lock again."""
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+    def _open_failed(self, exc: BaseException) -> None:
+        error = f"cannot open the quota store {self.url}: {exc}"
+        now = time.monotonic()
+        if error != self._open_error or now - self._open_logged >= OPEN_LOG_EVERY:
+            log.error("%s", error)  # at most every OPEN_LOG_EVERY s while it stays so
+            self._open_logged = now
+        self._open_error = error
+
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        """Open and prepare the file, waiting up to ``timeout`` for the lock (0 on the
+        event loop); then the connection never waits for the lock again."""
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
                                check_same_thread=False)
         try:
             if not self.read_only:
@@ -240,8 +253,12 @@ class SqliteQuotaStore:
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread's job
                 conn.execute(SCHEMA)
-                conn.execute("DELETE FROM quota_usage WHERE period_end < ?",
-                             (time.time() - KEEP_ENDED,))
+                try:
+                    conn.execute("DELETE FROM quota_usage WHERE period_end < ?",
+                                 (time.time() - KEEP_ENDED,))
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc):
+                        raise  # busy: another worker writes; old rows go next time
             conn.execute("PRAGMA busy_timeout = 0")
         except BaseException:
             conn.close()
