@@ -29,7 +29,8 @@ plugins). Everything here is shared by every backend:
   :class:`CountersUnavailable`; the caller decides (``fault_tolerant``). Backends count
   those failures in ``tally``.
 
-* Concurrency: :meth:`Counters.acquire` takes one of ``limit`` slots for ``key``, waiting
+* Concurrency: :meth:`NodeSlots.acquire` (the ``local`` backends only: slots are counted
+  per node) takes one of ``limit`` slots for ``key``, waiting
   in a queue of at most ``queue`` requests for at most ``timeout`` seconds; it returns a
   :class:`Lease` (call ``release()`` exactly once when the request ends; extra calls do
   nothing) or None when refused (queue full, or timed out).
@@ -98,6 +99,10 @@ class Counters(Protocol):
     tally: dict[str, int]
 
     def hit(self, limits: Sequence[Limit], cost: int = 1) -> Union[Decision, Awaitable[Decision]]: ...
+
+
+class NodeSlots(Counters, Protocol):
+    """A ``local`` backend (``CounterBackends.local()``): counters and concurrency slots."""
 
     def acquire(self, key: str, limit: int, queue: int, timeout: float) -> Union[
             Lease, None, Awaitable[Union[Lease, None]]]: ...

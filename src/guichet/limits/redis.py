@@ -29,8 +29,8 @@
   worker exits. A call waits for a free connection at most ``timeout``; a busy pool is
   load, not an outage: that call raises ``CountersUnavailable`` (counted as
   ``redis_pool_busy``) and no backoff starts.
-* Concurrency slots are not kept in Redis: :meth:`RedisCounters.acquire` raises
-  NotImplementedError (the concurrency limit is per node, ``CounterBackends.local()``).
+* Concurrency slots are not kept in Redis: the concurrency limit is per node
+  (``CounterBackends.local()``, :class:`guichet.limits.NodeSlots`).
 """
 
 from __future__ import annotations
@@ -342,9 +342,6 @@ class RedisCounters:
                 await client.connection_pool.disconnect(inuse_connections=False)
             except Exception:  # noqa: BLE001
                 pass
-
-    def acquire(self, key: str, limit: int, queue: int, timeout: float) -> Any:
-        raise NotImplementedError("concurrency slots are node-local: use CounterBackends.local()")
 
 
 def _short(exc: BaseException) -> str:

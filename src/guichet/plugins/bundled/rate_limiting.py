@@ -369,6 +369,10 @@ class RateLimiting(Plugin):
             self.counters = env.counters.local()
         self.identify = identifier_getter(config.limit_by, config.header_name, config.path)
         self.specs = _specs(config)
+        # every header name the answers may carry, lower-case (made once, not per request)
+        self.header_names = frozenset(
+            [n.lower() for s in self.specs for n in (s.limit_header, s.remaining_header)]
+            + ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"])
         self.hide = config.hide_client_headers
         self.fault_tolerant = config.fault_tolerant
         self.error_code = config.error_code
@@ -466,13 +470,14 @@ class RateLimiting(Plugin):
     def response_headers(self, req: "Request", resp: "ResponseHead") -> None:
         headers = req.ctx.get(CTX_HEADERS)
         if headers is not None:
-            set_headers(resp, headers)
+            set_headers(resp, headers, self.header_names)
 
 
-def set_headers(resp: "ResponseHead", headers: list[tuple[str, str]]) -> None:
-    """Replace these headers in ``resp`` in one pass (names and values are the plugin's
-    own: digits and fixed names, nothing to check)."""
-    names = {name.lower() for name, _ in headers}
+def set_headers(resp: "ResponseHead", headers: list[tuple[str, str]],
+                names: frozenset[str]) -> None:
+    """Replace these headers (whose lower-case names are ``names``) in ``resp`` in one
+    pass (names and values are the plugin's own: digits and fixed names, nothing to
+    check)."""
     current = resp.headers
     if any(n.lower() in names for n, _ in current):
         resp.headers = [(n, v) for n, v in current if n.lower() not in names] + headers

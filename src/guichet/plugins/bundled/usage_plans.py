@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Awaitable, Literal
 
 from guichet.limits import CountersUnavailable, Decision, Limit
 from guichet.plugins.api import Plugin, PluginConfig, Response, error
+from guichet.plugins.bundled.rate_limiting import set_headers
 from guichet.plugins.faultlog import FaultLog
 from guichet.quotas import (DEFAULT_STORE, Consumed, QuotaKey, QuotaStore,
                             QuotaStoreUnavailable, SharedStores, parse_store_url)
@@ -289,8 +290,10 @@ class UsagePlans(Plugin):
     def response_headers(self, req: "Request", resp: "ResponseHead") -> None:
         headers = req.ctx.get(CTX_HEADERS)
         if headers is not None:
-            for name, value in headers:
-                resp.set(name, value)
+            set_headers(resp, headers, QUOTA_HEADER_NAMES)
+
+
+QUOTA_HEADER_NAMES = frozenset(("x-quota-limit", "x-quota-remaining", "x-quota-reset"))
 
 
 def quota_headers(consumed: Consumed, now: float) -> list[tuple[str, str]]:
